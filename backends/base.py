@@ -1,0 +1,166 @@
+"""The contract between the harness and an engine. A backend author reads this page.
+
+A backend is one class, named by `_target_` in one yaml under conf/backend/; the keys of that
+yaml besides `_target_` (and the harness's own `name`, `python`, `quants`) are passed to its
+constructor. The harness creates it inside a worker process, calls `load` once per
+(model, quant) group, then `generate` for every point of the group, then `close`.
+
+Two shapes of engine fit:
+
+* Engines whose steps the harness can drive (torch_ref, triton_mxfp4, transformers) subclass
+  `StepBackend` and implement `prefill` and `decode`. The harness then times every step itself:
+  CUDA events on a GPU, a synchronised wall clock on a CPU.
+* Engines that own their decode loop (vLLM's `LLM`, TensorRT-LLM's `LLM`, an OpenAI-compatible
+  server) subclass `Backend` and implement `generate`, returning the time to the first token and
+  one duration per later step taken from the engine's own per-token timestamps (never derived
+  from totals). They mark the phases they can see with `phases`.
+
+Rules every backend follows:
+
+* `generate` produces exactly `new_tokens` tokens per sequence (ignore EOS); the prompts are
+  token ids, already synthetic and seeded.
+* `generate(..., forced=F)` feeds `F[:, i]` as the input of decode step i+1 instead of the
+  engine's own choice (teacher forcing), and still returns the engine's own greedy choice at
+  every position: the harness compares those with the reference. An engine that cannot force
+  tokens raises `NotImplementedError` and the harness compares free-running tokens instead.
+* Failures are exceptions: a CUDA out-of-memory error is recognised by the harness (any
+  exception whose text says "out of memory"), anything else becomes an `error` row. A model that
+  cannot fit is `DoesNotFit(required_bytes, available_bytes)`, which becomes a `skipped` row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import torch
+
+from harness.model.spec import ModelSpec
+
+Phases = Callable[[str], ContextManager]  # phases("prefill"): a context around one phase
+
+
+def no_phases(name: str) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+class DoesNotFit(Exception):
+    """The model cannot be loaded on this device in this quant mode: a `skipped` row, not a failure."""
+
+    def __init__(self, required_bytes: float, available_bytes: float, what: str = "weights"):
+        self.required_bytes, self.available_bytes = required_bytes, available_bytes
+        super().__init__(f"does not fit: {what} need {required_bytes / 2**30:.1f} GiB, "
+                         f"{available_bytes / 2**30:.1f} GiB available")
+
+
+@dataclass
+class LoadRequest:
+    """What to load. `checkpoint` is a directory in the HF layout; None means the engine may build
+    the seeded synthetic weights directly in device memory (harness.model.synthetic)."""
+    spec: ModelSpec
+    quant: str
+    checkpoint: Path | None
+    seed: int = 0
+    router_skew: float = 0.0
+    device: str = "cuda"
+    max_batch_size: int = 1  # the largest batch and sequence length of the group, for cache sizing
+    max_seq_len: int = 2048
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # [batch, new_tokens] int64 on the CPU: the engine's greedy choice per position
+    ttft_ms: float  # handing over the batch -> first token of every sequence
+    step_ms: list[float] = field(default_factory=list)  # one per later decode step (new_tokens - 1)
+
+
+class Backend(ABC):
+    quants: tuple[str, ...] = ("mxfp4", "bf16")
+
+    def __init__(self, **options):
+        self.options = options
+
+    @abstractmethod
+    def load(self, request: LoadRequest) -> None: ...
+
+    @abstractmethod
+    def generate(self, prompts: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None,
+                 phases: Phases = no_phases) -> Generation: ...
+
+    def memory(self) -> dict[str, float | None]:
+        """weights_gib and kv_cache_gib as the engine allocated them (None when unknown)."""
+        return {"weights_gib": None, "kv_cache_gib": None}
+
+    def version(self) -> str:
+        return ""
+
+    def kernel_category(self, kernel_name: str) -> str | None:
+        """The category of one profiled kernel (see harness.telemetry), or None for the shared rules."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class StepBackend(Backend):
+    """An engine driven step by step; the harness times each step."""
+
+    device: torch.device
+
+    @abstractmethod
+    def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
+        """Run the prompts [batch, context] (a fresh cache) and return the greedy next token [batch]."""
+
+    @abstractmethod
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token [batch] per sequence and return the greedy next token [batch]."""
+
+    def generate(self, prompts, new_tokens, forced=None, phases=no_phases):
+        clock = StepClock(self.device)
+        prompts = prompts.to(self.device)
+        if forced is not None:
+            forced = forced.to(self.device)
+        out = []
+        with phases("prefill"):
+            clock.start()
+            tok = self.prefill(prompts)
+            clock.mark()
+        out.append(tok)
+        with phases("decode"):
+            for i in range(new_tokens - 1):
+                tok = self.decode(tok if forced is None else forced[:, i])
+                clock.mark()
+                out.append(tok)
+        times = clock.elapsed_ms()
+        return Generation(torch.stack(out, 1).cpu(), times[0], times[1:])
+
+
+class StepClock:
+    """Boundaries of consecutive device steps: CUDA events on a GPU (no synchronisation between
+    steps), a synchronised wall clock elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.marks: list = []
+
+    def start(self):
+        self.marks = []
+        self.mark()
+
+    def mark(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def elapsed_ms(self) -> list[float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
