@@ -40,6 +40,7 @@ from typing import Callable, ContextManager
 import torch
 
 from harness.model.spec import ModelSpec
+from harness.telemetry.nvtx_ranges import nvtx_range
 
 Phases = Callable[[str], ContextManager]  # phases("prefill"): a context around one phase
 
@@ -98,6 +99,10 @@ class Backend(ABC):
     def version(self) -> str:
         return ""
 
+    def columns(self) -> dict:
+        """Columns of the last point beyond the measured ones (e.g. engine_path: which kernels ran)."""
+        return {}
+
     def kernel_category(self, kernel_name: str) -> str | None:
         """The category of one profiled kernel (see harness.telemetry), or None for the shared rules."""
         return None
@@ -120,23 +125,25 @@ class StepBackend(Backend):
         """Append one token [batch] per sequence and return the greedy next token [batch]."""
 
     def generate(self, prompts, new_tokens, forced=None, phases=no_phases):
-        clock = StepClock(self.device)
         prompts = prompts.to(self.device)
         if forced is not None:
             forced = forced.to(self.device)
-        out = []
+        prefill, decode = StepClock(self.device), StepClock(self.device)
         with phases("prefill"):
-            clock.start()
+            prefill.mark()
             tok = self.prefill(prompts)
-            clock.mark()
-        out.append(tok)
+            prefill.mark()
+        out = [tok]
+        # A clock of its own: the phase boundary may synchronise and read counters, which is
+        # neither prefill nor a decode step.
         with phases("decode"):
+            decode.mark()
             for i in range(new_tokens - 1):
-                tok = self.decode(tok if forced is None else forced[:, i])
-                clock.mark()
+                with nvtx_range("step"):
+                    tok = self.decode(tok if forced is None else forced[:, i])
+                decode.mark()
                 out.append(tok)
-        times = clock.elapsed_ms()
-        return Generation(torch.stack(out, 1).cpu(), times[0], times[1:])
+        return Generation(torch.stack(out, 1).cpu(), prefill.elapsed_ms()[0], decode.elapsed_ms())
 
 
 class StepClock:
@@ -146,10 +153,6 @@ class StepClock:
     def __init__(self, device: torch.device):
         self.cuda = torch.device(device).type == "cuda"
         self.marks: list = []
-
-    def start(self):
-        self.marks = []
-        self.mark()
 
     def mark(self):
         if self.cuda:

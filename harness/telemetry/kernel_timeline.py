@@ -1,0 +1,139 @@
+"""kernels.parquet from a torch.profiler Chrome trace: per phase, per kernel, where the time went.
+
+The phases are the record_function ranges that PointTelemetry.phases opens around the profiled
+generate; they synchronise the device at both ends, so a phase's range on the host clock holds
+all its GPU work, and the time in it that no kernel, memcpy or memset covers is the phase's
+`launch_gap` line: the GPU idle, waiting for the host. A kernel's category may come from the
+ranges and operators its launch sat in (record_function("attention"), aten::rms_norm; see
+kernel_categories), found through the launch's correlation id.
+
+A trace without GPU activity (a CPU run) is read the same way with the outermost CPU operators
+of each phase standing in for kernels, and the gap is the host's time outside any operator.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+
+from harness.telemetry.kernel_categories import LAUNCH_GAP, categorize
+
+DEVICE = {"kernel", "gpu_memcpy", "gpu_memset"}
+LAUNCH = {"cuda_runtime", "cuda_driver"}
+COLUMNS = ["phase", "kernel", "category", "calls", "total_ms", "mean_us", "share"]
+
+
+def load_trace(path: str | Path) -> list[dict]:
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return json.load(f)["traceEvents"]
+
+
+def merge(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def enclosing_ranges(annotations: Sequence[dict], points: Sequence[tuple]) -> list[tuple[str, ...]]:
+    """For each point (pid, tid, ts): the names of the spans (ranges, operators) on that thread
+    around it, outermost first. One sweep per thread in time order."""
+    out: list[tuple[str, ...]] = [()] * len(points)
+    by_thread: dict[tuple, list] = defaultdict(list)
+    for a in annotations:  # an annotation starting where a point is sorts first: it holds the point
+        by_thread[(a["pid"], a["tid"])].append((a["ts"], 0, -a["dur"], a))
+    for i, (pid, tid, ts) in enumerate(points):
+        by_thread[(pid, tid)].append((ts, 1, 0.0, i))
+    for items in by_thread.values():
+        stack: list[dict] = []
+        for ts, kind, _, item in sorted(items, key=lambda x: x[:3]):
+            while stack and stack[-1]["ts"] + stack[-1]["dur"] < ts:
+                stack.pop()
+            if kind == 0:
+                stack.append(item)
+            else:
+                out[item] = tuple(a["name"] for a in stack)
+    return out
+
+
+def outermost(ops: Sequence[dict]) -> list[dict]:
+    """The operators not nested in another one on the same thread."""
+    top, end = [], {}
+    for op in sorted(ops, key=lambda e: (e["ts"], -e["dur"])):
+        key = (op["pid"], op["tid"])
+        if op["ts"] >= end.get(key, float("-inf")):
+            top.append(op)
+            end[key] = op["ts"] + op["dur"]
+    return top
+
+
+def kernel_table(events: Sequence[dict], phases: Sequence[str],
+                 backend_category: Callable[[str], str | None] | None = None) -> pd.DataFrame:
+    """Rows of COLUMNS for the named phases, in their order; within a phase the kernels by total
+    time, then the launch_gap line. The shares of a phase sum to 1."""
+    spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
+    annotations = [e for e in spans if e.get("cat") == "user_annotation"]
+    windows = {p: merge((a["ts"], a["ts"] + a["dur"]) for a in annotations if a["name"] == p) for p in phases}
+    ops = [e for e in spans if e.get("cat") in DEVICE]
+    if ops:
+        launches = {e["args"]["correlation"]: e for e in spans
+                    if e.get("cat") in LAUNCH and "correlation" in e.get("args", {})}
+        origin = [launches.get(op.get("args", {}).get("correlation")) for op in ops]
+    else:
+        ops = outermost([e for e in spans if e.get("cat") == "cpu_op"])
+        origin = ops
+    at = [(o["pid"], o["tid"], o["ts"]) if o is not None else None for o in origin]
+    found = [i for i, a in enumerate(at) if a is not None]
+    context = [e for e in spans if e.get("cat") in ("user_annotation", "cpu_op")]
+    ranges = dict(zip(found, enclosing_ranges(context, [at[i] for i in found])))
+    category = {}  # (name, ranges) -> category: the same GEMM may serve attention and the MoE
+
+    rows = []
+    for phase, ws in windows.items():
+        if not ws:
+            continue
+        members = [i for i, op in enumerate(ops) if any(a <= op["ts"] <= b for a, b in ws)]
+        per_kernel: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for i in members:
+            key = (ops[i]["name"], ranges.get(i, ()))
+            if key not in category:
+                category[key] = categorize(*key, backend=backend_category)
+            per_kernel[(key[0], category[key])].append(ops[i]["dur"])
+        phase_rows = [{"phase": phase, "kernel": name, "category": cat, "calls": len(d),
+                       "total_ms": sum(d) / 1e3, "mean_us": sum(d) / len(d)}
+                      for (name, cat), d in per_kernel.items()]
+        phase_rows.sort(key=lambda r: -r["total_ms"])
+        busy = [(ops[i]["ts"], ops[i]["ts"] + ops[i]["dur"]) for i in members]
+        idle = [gap for w in ws for gap in _gaps(busy, w)]
+        phase_rows.append({"phase": phase, "kernel": LAUNCH_GAP, "category": LAUNCH_GAP, "calls": len(idle),
+                           "total_ms": sum(idle) / 1e3, "mean_us": sum(idle) / len(idle) if idle else 0.0})
+        phase_sum = sum(r["total_ms"] for r in phase_rows)
+        for r in phase_rows:
+            r["share"] = r["total_ms"] / phase_sum if phase_sum else 0.0
+        rows += phase_rows
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _gaps(busy: Iterable[tuple[float, float]], window: tuple[float, float]) -> list[float]:
+    """Lengths of the idle stretches of a window."""
+    lo, hi = window
+    gaps, t = [], lo
+    for a, b in merge(busy):
+        if b <= lo or a >= hi:
+            continue
+        if a > t:
+            gaps.append(a - t)
+        t = max(t, b)
+    if hi > t:
+        gaps.append(hi - t)
+    return gaps
