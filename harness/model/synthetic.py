@@ -1,0 +1,255 @@
+"""Seeded synthetic GPT-OSS weights, in the checkpoint's own names, shapes, dtypes and MXFP4 layout.
+
+Each tensor is a pure function of (seed, tensor name), and of router_skew for the router biases
+only, so checkpoints that differ in skew differ in routing and nothing else. Values come from a
+counter-based hash of each element's index computed in int64 torch ops (no product can overflow)
+and at most two float32 multiplies and an add, so CPU and CUDA produce the same bits, a tensor is
+generated chunk by chunk in bounded memory, and an engine can materialise the model directly in
+device memory (`SyntheticWeights.get(name, device="cuda")`) with no file at all.
+
+Scale (activations finite and well-scaled at every depth and context length):
+* embeddings are uniform with RMS 1, so the residual stream starts at RMS 1;
+* q/k/v, router and gate_up weights have std 1/sqrt(fan_in): after an RMS norm their outputs have
+  RMS ~1, attention scores ~N(0, 1.8^2) with YaRN's concentration, SwiGLU far from its clamp;
+* the two writes into the residual stream per layer, o_proj and down_proj, have std
+  1/sqrt(fan_in * 2L): each adds RMS <~ 1/sqrt(2L), so after L layers the stream has grown to
+  about sqrt(2) for independent updates, and to at most 1 + sqrt(2L) were all of them aligned;
+* attention returns a convex combination of value vectors (the sink takes part of the mass) and
+  the MoE a convex combination of 4 expert outputs, so neither can grow with the context length;
+* experts hold uniform random E2M1 codes (RMS 2.93) with per-block scale bytes base + {-1, 0, 1};
+  the base that gives the std above is 116..122 for the published sizes, never near 255.
+
+Agreement (greedy decoding that bf16 engines and an fp32 reference agree on), by two structures:
+* The first half of the hidden dimensions carries the token embedding unchanged: o_proj, down_proj
+  and their biases write only the second half, and routers read only the first half. Routing is
+  then a function of the token and the layer, so rounding never changes the experts chosen. With
+  routers that read everything, one expert choice flipped by rounding perturbs every later layer
+  and flips more: such cascades made a fifth of the choices disagree by layer 24.
+* Logits: each token c has two seeded successors pi1(c), pi2(c). The lm_head columns on the token
+  half hold, for token v, the summed embeddings of the tokens it succeeds, which lifts the two
+  successors of the current token SUCCESSOR_MARGIN logit stds above the rest; the random columns
+  on the other half, which carry everything the layers computed, decide between the two.
+  Gaussian logits over 201k tokens put the top two within bf16 rounding of each other at about
+  4% of positions (whatever their scale), before any error of the engine; a binary choice
+  between two lifted candidates flips only where its own margin is within the error.
+  Successive tokens stay as varied as the prompts, so decode batches route like prefill ones.
+
+Router skew s (a Zipf-like exponent, 0 = uniform): each layer ranks its experts by a seeded
+shuffle and biases the router by -s * b * ln(1 + rank), with b = sqrt(6)/pi * ROUTER_LOGIT_STD the
+scale of a Gumbel variable with the router logits' spread. Were that noise Gumbel, the top-1
+expert would follow P(rank r) ~ (1+r)^-s exactly; with near-Gaussian logits and top-4 selection
+the expert load is Zipf-like, rank 0 the busiest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from harness.model.checkpoint import write_checkpoint
+from harness.model.mxfp4 import SCALE_BIAS
+from harness.model.spec import ModelSpec
+
+ROUTER_LOGIT_STD = 1.0
+LOGIT_STD = 4.0  # std of the layers' contribution to each logit
+SUCCESSOR_MARGIN = 8.0  # lift of the current token's two successors, in LOGIT_STDs
+NORM_WEIGHT_STD = 0.1  # RMSNorm weights are 1 +- this, so an engine that drops them shows
+BIAS_STD = 0.1  # relative to the output each bias is added to
+SINK_STD = 1.0  # real sinks are O(1) logits
+_E2M1_RMS = math.sqrt(68.5 / 8)  # RMS of the 16 E2M1 values, each code equally likely
+_JITTER_RMS = math.sqrt((0.25 + 1 + 4) / 3)  # RMS of 2^j for a scale jitter j in {-1, 0, 1}
+_U16_STD = 65536 / math.sqrt(12)  # std of an integer uniform on [-2^15, 2^15)
+_CHUNK = 1 << 22  # elements per step (a multiple of 4): bounds the int64 temporaries to ~32 MB
+_WORD = 0xFFFFFFFF
+_TORCH_DTYPES = {"BF16": torch.bfloat16, "U8": torch.uint8}
+_NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight", "model.norm.weight")
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x * c mod 2^32 for 0 <= x < 2^32, by 16-bit halves of c so that no int64 product overflows."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _WORD
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 (C. Wellons, hash-prospector): a bijection of 32-bit values with full avalanche.
+    Values stay in [0, 2^32), so >> is a logical shift."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _key(seed: int, name: str) -> tuple[int, int]:
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
+
+
+def _hash(index: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+    """32 random bits (in int64) per counter: a different bijection of [0, 2^32) for each key."""
+    return _mix32(_mix32(index ^ key[0]) ^ key[1])
+
+
+def _uniform(index: torch.Tensor, key: tuple[int, int], std: float) -> torch.Tensor:
+    """float32 uniform with mean 0 and this std: an exact integer times one float32 multiply."""
+    return ((_hash(index, key) >> 16) - 32768).float() * (std / _U16_STD)
+
+
+def _permutation(n: int, key: tuple[int, int]) -> torch.Tensor:
+    """A seeded shuffle of range(n), on the CPU (the hashes are distinct, so argsort has no ties)."""
+    return torch.argsort(_hash(torch.arange(n), key))
+
+
+def scale_byte(std: float) -> int:
+    """The E8M0 byte around which uniform random E2M1 codes with jittered scales have this std."""
+    return SCALE_BIAS + round(math.log2(std / (_E2M1_RMS * _JITTER_RMS)))
+
+
+class SyntheticWeights:
+    """The weights of `spec` in its MXFP4 checkpoint layout, each generated when asked for."""
+
+    quant = "mxfp4"
+
+    def __init__(self, spec: ModelSpec, seed: int = 0, router_skew: float = 0.0):
+        if router_skew < 0:
+            raise ValueError(f"router_skew={router_skew} must be >= 0 (0 = uniform routing)")
+        self.spec, self.seed, self.router_skew = spec, seed, router_skew
+        self._tensors = spec.tensors(self.quant)
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
+        if name not in self._tensors:
+            raise KeyError(f"{name!r} is not a tensor of {self.spec.name} ({self.quant})")
+        shape, dtype = self._tensors[name]
+        n = math.prod(shape)
+        values = self._values(name)
+        out = torch.empty(n, dtype=_TORCH_DTYPES[dtype], device=device)
+        for start in range(0, n, _CHUNK):
+            index = torch.arange(start, min(n, start + _CHUNK), dtype=torch.int64, device=out.device)
+            out[start:start + len(index)] = values(index)
+        return out.view(shape)
+
+    def _values(self, name: str):
+        """index (int64 tensor of flat positions) -> the elements of `name` there."""
+        s, key = self.spec, _key(self.seed, name)
+        H, I, half = s.hidden_size, s.intermediate_size, s.hidden_size // 2
+        share = 1 / math.sqrt(2 * s.num_hidden_layers)  # of one write into the residual stream
+
+        def uniform(std, mean=0.0):
+            return lambda i: _uniform(i, key, std) + mean
+
+        def only(values, where):  # zero elsewhere
+            return lambda i: torch.where(where(i), values(i), 0)
+
+        def codes(i):  # 4 random bytes (8 E2M1 codes) per hash
+            words = _hash(i[::4] // 4, key)
+            return torch.stack([(words >> shift) & 0xFF for shift in (0, 8, 16, 24)], -1).view(-1).to(torch.uint8)
+
+        def scales(std):
+            base = scale_byte(std)
+            return lambda i: (base - 1 + _hash(i, key) % 3).to(torch.uint8)
+
+        leaf = re.sub(r"^model\.layers\.\d+\.", "", name)
+        match leaf:
+            case "model.embed_tokens.weight":
+                return uniform(1.0)
+            case _ if leaf in _NORMS:
+                return uniform(NORM_WEIGHT_STD, mean=1.0)
+            case "self_attn.q_proj.weight" | "self_attn.k_proj.weight" | "self_attn.v_proj.weight":
+                return uniform(1 / math.sqrt(H))
+            case "self_attn.q_proj.bias" | "self_attn.k_proj.bias" | "self_attn.v_proj.bias" \
+                    | "mlp.experts.gate_up_proj_bias":
+                return uniform(BIAS_STD)
+            case "self_attn.o_proj.weight":
+                return only(uniform(share / math.sqrt(s.q_dim)), lambda i: i // s.q_dim >= half)
+            case "self_attn.o_proj.bias":
+                return only(uniform(BIAS_STD * share), lambda i: i >= half)
+            case "self_attn.sinks":
+                return uniform(SINK_STD)
+            case "mlp.router.weight":
+                return only(uniform(ROUTER_LOGIT_STD / math.sqrt(half)), lambda i: i % H < half)
+            case "mlp.router.bias":
+                bias = self._router_bias(name, key)
+                return lambda i: bias.to(i.device)[i]
+            case "mlp.experts.gate_up_proj_blocks":
+                return codes
+            case "mlp.experts.gate_up_proj_scales":
+                return scales(1 / math.sqrt(H))
+            case "mlp.experts.down_proj_blocks":
+                return only(codes, lambda i: i // (I // 2) % H >= half)
+            case "mlp.experts.down_proj_scales":
+                return scales(share / math.sqrt(I))
+            case "mlp.experts.down_proj_bias":
+                return only(uniform(BIAS_STD * share), lambda i: i % H >= half)
+            case "lm_head.weight":
+                return self._lm_head(key)
+        raise KeyError(f"no synthetic recipe for tensor {name!r}")
+
+    def _lm_head(self, key):
+        """Token half: row v holds the summed embeddings of the two tokens v succeeds, scaled so
+        that the current token's successors gain SUCCESSOR_MARGIN * LOGIT_STD (the final norm leaves
+        the token half at RMS ~1). Other half: random, logit std LOGIT_STD."""
+        s = self.spec
+        H, half = s.hidden_size, s.hidden_size // 2
+        embed = _key(self.seed, "model.embed_tokens.weight")
+        pred = [_permutation(s.vocab_size, _key(self.seed, f"lm_head.weight/predecessor{j}")) for j in (1, 2)]
+        lift = SUCCESSOR_MARGIN * LOGIT_STD / half
+
+        def values(i):
+            row, col = i // H, i % H
+            prev = [p.to(i.device)[row] * H + col for p in pred]
+            successor = (_uniform(prev[0], embed, 1.0) + _uniform(prev[1], embed, 1.0)) * lift
+            return torch.where(col < half, successor, _uniform(i, key, LOGIT_STD / math.sqrt(H - half)))
+        return values
+
+    def _router_bias(self, name: str, key: tuple[int, int]) -> torch.Tensor:
+        """Small noise plus the skew term, on the CPU (it is tiny) so every device gets the same bits."""
+        E = self.spec.num_local_experts
+        rank = torch.empty(E, dtype=torch.int64)
+        rank[_permutation(E, _key(self.seed, name + "/rank"))] = torch.arange(E)
+        gumbel_scale = math.sqrt(6) / math.pi * ROUTER_LOGIT_STD
+        skew = torch.tensor([-self.router_skew * gumbel_scale * math.log1p(r) for r in rank.tolist()])
+        return _uniform(torch.arange(E), key, BIAS_STD * ROUTER_LOGIT_STD) + skew.float()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GPTOSS_BENCH_CACHE", Path.home() / ".cache" / "gptoss-bench"))
+
+
+def synthetic_checkpoint(spec: ModelSpec, seed: int = 0, router_skew: float = 0.0, cache_dir: str | Path | None = None,
+                         progress: bool = True) -> Path:
+    """The synthetic checkpoint of (spec, seed, skew) on disk, generated once: written shard by shard
+    into a temporary folder renamed when complete, so an interrupted generation is never reused."""
+    root = Path(cache_dir) if cache_dir else cache_root() / "checkpoints"
+    final = root / f"{spec.name}-s{seed}-k{router_skew:g}"
+    if (final / "config.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    weights = SyntheticWeights(spec, seed, router_skew)
+    names = weights.names()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"synthesising {final.name}", total=len(names))
+
+        def tensors():
+            for name in names:
+                yield name, weights.get(name)
+                bar.advance(task)
+        try:
+            write_checkpoint(tmp, spec, tensors())
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
