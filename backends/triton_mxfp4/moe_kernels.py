@@ -1,0 +1,393 @@
+"""Expert GEMMs over MXFP4 weights: the packed bytes and E8M0 scales are read from memory as
+stored (4.25 bits a weight) and decoded in registers.
+
+  grouped  tensor cores: rows are the assignments sorted by expert (routing.route), decoded by
+           tl.dot_scaled (on Hopper it upcasts to bf16 before the MMA); a static grid sized for the
+           worst case, where each program finds its (expert, row tile) from the expert offsets and
+           programs past the last tile exit at once. SWAP puts the weights on the MMA's M side and
+           the few tokens on its N side, for decode.
+  gemv     CUDA cores: one program per (assignment, column tile), the expert chosen from the router
+           logits inside the kernel (no routing launches), weights decoded by inline PTX (prmt
+           table lookups). Around a one-token MMA, dot_scaled spends most of its time moving bytes
+           between layouts; this path keeps every value in the layout it was loaded in.
+
+gate_up fuses bias, the clamped SwiGLU of interleaved (gate, up) rows and the routing weight, so
+its output rows are already weighted; down adds the bias times the routing weight and writes one
+fp32 row per assignment, which _combine_kernel sums per token (so the result does not depend on
+scheduling, unlike atomics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from backends.triton_mxfp4.routing import _load_logits, _top_k
+from harness.model.mxfp4 import BLOCK, E2M1_VALUES, SCALE_BIAS
+
+# The interpreter hands string literals to tl.dot_scaled unwrapped; constexpr globals work in both.
+E2M1 = tl.constexpr("e2m1")
+BF16 = tl.constexpr("bf16")
+COMBINE_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class Tiles:
+    bm: int  # token rows per program (the MMA's N side under swap)
+    bn: int  # weight rows per program
+    bk: int  # reduction elements per step
+    swap: bool
+    group_m: int = 1  # row tiles that share a sweep over N (L2 reuse of the weights at prefill)
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def fit(self, n: int, k: int) -> "Tiles":
+        """The same tiles, shrunk where the matrix [n, k] is smaller than them."""
+        return replace(self, bn=_fit_rows(self.bn, n), bk=max(64, min(self.bk, triton.next_power_of_2(k))))
+
+
+@dataclass(frozen=True)
+class GemvTiles:
+    bn: int  # weight rows per program
+    bk: int  # reduction elements per step
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def fit(self, n: int, k: int) -> "GemvTiles":
+        return replace(self, bn=_fit_rows(self.bn, n), bk=max(64, min(self.bk, triton.next_power_of_2(k))))
+
+
+def _fit_rows(bn: int, n: int) -> int:
+    """The largest power of two <= bn dividing n (row tiles never straddle the matrix end)."""
+    while n % bn:
+        bn //= 2
+    if bn < 16:
+        raise ValueError(f"expert matrix rows {n} need a power-of-two factor >= 16")
+    return bn
+
+
+@triton.jit
+def _mx_dot(acc, x, w, s, SWAP: tl.constexpr):
+    """acc + x @ W^T for x [BM, BK] bf16 and W [BN, BK] given as e2m1 pairs w [BN, BK/2] and E8M0
+    scales s [BN, BK/32]; under SWAP acc and the result are transposed, [BN, BM]."""
+    if SWAP:
+        return tl.dot_scaled(w, s, E2M1, tl.trans(x), None, BF16, acc, fast_math=True)
+    else:
+        return tl.dot_scaled(x, None, BF16, tl.trans(w), s, E2M1, acc, fast_math=True)
+
+
+@triton.jit
+def _mx_step(acc, X, x_off, x_ok, W, S, w_rows, i, K: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr):
+    """Reduction step i (inputs i*BK : (i+1)*BK): rows x_off of X (mask x_ok) against rows w_rows of W.
+    Offsets are i times a constant, never a quotient, so Triton sees 16-byte alignment and vectorises."""
+    kx = i * BK + tl.arange(0, BK)
+    kw = i * (BK // 2) + tl.arange(0, BK // 2)
+    ks = i * (BK // 32) + tl.arange(0, BK // 32)
+    x = tl.load(X + x_off[:, None] + kx[None, :], mask=x_ok[:, None] & (kx[None, :] < K), other=0.0)
+    w = tl.load(W + w_rows[:, None] * (K // 2) + kw[None, :], mask=kw[None, :] < K // 2, other=0)
+    s = tl.load(S + w_rows[:, None] * (K // 32) + ks[None, :], mask=ks[None, :] < K // 32, other=0)
+    return _mx_dot(acc, x, w, s, SWAP)
+
+
+@triton.jit
+def _expert_matmul(X, x_off, x_ok, W, S, e, n0, K: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr):
+    """[BM, BN] fp32: rows x_off of X times rows n0:n0+BN of expert e's matrix, over all of K."""
+    W = W + e.to(tl.int64) * N * (K // 2)
+    S = S + e.to(tl.int64) * N * (K // 32)
+    w_rows = n0 + tl.arange(0, BN)
+    acc = tl.zeros([BN, BM] if SWAP else [BM, BN], tl.float32)
+    for i in range(0, tl.cdiv(K, BK)):
+        acc = _mx_step(acc, X, x_off, x_ok, W, S, w_rows, i, K, BK, SWAP)
+    if SWAP:
+        acc = tl.trans(acc)
+    return acc
+
+
+@triton.jit
+def _swiglu(h, alpha, limit):
+    """h [BM, 2J] with gate/up interleaved by column -> [BM, J]; gate clamped above, up both sides."""
+    g, u = tl.split(tl.reshape(h, [h.shape[0], h.shape[1] // 2, 2]))
+    g = tl.minimum(g, limit)
+    u = tl.minimum(tl.maximum(u, -limit), limit)
+    return g * tl.sigmoid(alpha * g) * (u + 1.0)
+
+
+@triton.jit
+def _expert_tile(Offsets, pid_m, E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr):
+    """Row tile pid_m of the expert-sorted rows: (expert, first row, end row); expert E if none."""
+    ex = tl.arange(0, EP)
+    lo = tl.load(Offsets + ex, mask=ex < E, other=0)
+    hi = tl.load(Offsets + ex + 1, mask=ex < E, other=0)
+    tiles = (hi - lo + BM - 1) // BM
+    ends = tl.cumsum(tiles, axis=0)
+    e = tl.sum((ends <= pid_m).to(tl.int32), axis=0)
+    mine = ex == e
+    first = tl.sum(tl.where(mine, ends - tiles, 0), axis=0)
+    start = tl.sum(tl.where(mine, lo, 0), axis=0) + (pid_m - first) * BM
+    return e, start, tl.sum(tl.where(mine, hi, 0), axis=0)
+
+
+@triton.jit
+def _tile_of(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """pid -> (row tile, column tile), GROUP_M row tiles sweeping N together."""
+    in_group = GROUP_M * num_n
+    first_m = (pid // in_group) * GROUP_M
+    size = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % in_group) % size, (pid % in_group) // size
+
+
+@triton.jit
+def _routed_assignment(Logits, a, E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr):
+    """Assignment a = token * TOPK + slot routed from its token's logits: (expert, weight)."""
+    logits, cols = _load_logits(Logits, tl.full([1], a // TOPK, tl.int32), tl.full([1], True, tl.int1), E, EP)
+    ids, wts = _top_k(logits, cols, TOPK, KP)
+    slot = tl.arange(0, KP)[None, :] == a % TOPK
+    e = tl.sum(tl.sum(tl.where(slot, ids, 0), axis=1), axis=0)
+    return e, tl.sum(tl.sum(tl.where(slot, wts, 0.0), axis=1), axis=0)
+
+
+@triton.jit
+def _gate_up_kernel(X, stride_x, Order, Offsets, Weights, W, S, B, Hout, num_m, alpha, limit, E: tl.constexpr,
+                    EP: tl.constexpr, TOPK: tl.constexpr, K: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
+                    BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr, GROUP_M: tl.constexpr):
+    # Program (row tile of one expert, column tile); output row = sorted row.
+    pid_m, pid_n = _tile_of(tl.program_id(0), num_m, N // BN, GROUP_M)
+    e, start, end = _expert_tile(Offsets, pid_m, E, EP, BM)
+    if e >= E:
+        return
+    rows = start + tl.arange(0, BM)
+    ok = rows < end
+    asg = tl.load(Order + rows, mask=ok, other=0)
+    tok = asg // TOPK
+    row_w = tl.load(Weights + asg, mask=ok, other=0.0)
+    n0 = pid_n * BN
+    acc = _expert_matmul(X, tok.to(tl.int64) * stride_x, ok, W, S, e, n0, K, N, BM, BN, BK, SWAP)
+    acc += tl.load(B + e * N + n0 + tl.arange(0, BN))[None, :]
+    h = _swiglu(acc, alpha, limit) * row_w[:, None]
+    j = n0 // 2 + tl.arange(0, BN // 2)
+    tl.store(Hout + rows.to(tl.int64)[:, None] * (N // 2) + j[None, :], h.to(Hout.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def _down_kernel(Hin, Order, Offsets, Weights, W, S, B, Out, num_m, E: tl.constexpr, EP: tl.constexpr,
+                 K: tl.constexpr, N: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 SWAP: tl.constexpr, GROUP_M: tl.constexpr):
+    # Program (row tile of one expert, column tile); input row = sorted row, output row = assignment.
+    pid_m, pid_n = _tile_of(tl.program_id(0), num_m, N // BN, GROUP_M)
+    e, start, end = _expert_tile(Offsets, pid_m, E, EP, BM)
+    if e >= E:
+        return
+    rows = start + tl.arange(0, BM)
+    ok = rows < end
+    asg = tl.load(Order + rows, mask=ok, other=0)
+    row_w = tl.load(Weights + asg, mask=ok, other=0.0)
+    n0 = pid_n * BN
+    acc = _expert_matmul(Hin, rows.to(tl.int64) * K, ok, W, S, e, n0, K, N, BM, BN, BK, SWAP)
+    acc += row_w[:, None] * tl.load(B + e * N + n0 + tl.arange(0, BN))[None, :]
+    cols = n0 + tl.arange(0, BN)
+    tl.store(Out + asg.to(tl.int64)[:, None] * N + cols[None, :], acc, mask=ok[:, None])
+
+
+# e2m1 -> fp32 for the four bytes of one register: byte i's low nibble to $i, its high nibble to
+# $(4+i). Per eight codes: prmt looks up the low and the high byte of each magnitude's bf16 pattern
+# in 8-byte tables indexed by the 3-bit code, and a third lookup gives 0x80 where the sign bit is
+# set; prmt pairs the bytes into bf16 halves, and a bf16 shifted up 16 bits is the fp32.
+_E2M1_TO_F32 = tl.constexpr("""{
+.reg .b32 m, s, m4, s0, s4, l0, l4, h0, h4, p0, p1, p2, p3;
+and.b32 m, $8, 0x77777777;
+and.b32 s, $8, 0x88888888;
+shr.u32 m4, m, 16;
+shr.u32 s0, s, 3;
+shr.u32 s4, s, 19;
+prmt.b32 l0, 0xC0800000, 0xC0804000, m;
+prmt.b32 l4, 0xC0800000, 0xC0804000, m4;
+prmt.b32 h0, 0x3F3F3F00, 0x40404040, m;
+prmt.b32 h4, 0x3F3F3F00, 0x40404040, m4;
+prmt.b32 s0, 0x00008000, 0, s0;
+prmt.b32 s4, 0x00008000, 0, s4;
+or.b32 h0, h0, s0;
+or.b32 h4, h4, s4;
+prmt.b32 p0, l0, h0, 0x6240;
+prmt.b32 p1, l0, h0, 0x7351;
+prmt.b32 p2, l4, h4, 0x6240;
+prmt.b32 p3, l4, h4, 0x7351;
+mul.lo.u32 $0, p0, 65536;
+and.b32 $1, p0, 0xFFFF0000;
+mul.lo.u32 $2, p2, 65536;
+and.b32 $3, p2, 0xFFFF0000;
+mul.lo.u32 $4, p1, 65536;
+and.b32 $5, p1, 0xFFFF0000;
+mul.lo.u32 $6, p3, 65536;
+and.b32 $7, p3, 0xFFFF0000;
+}""")
+
+
+@triton.jit
+def _e2m1_to_f32(w):
+    """w [...] uint8, two e2m1 codes each -> (values of the low nibbles, of the high nibbles), fp32."""
+    return tl.inline_asm_elementwise(_E2M1_TO_F32, "=r,=r,=r,=r,=r,=r,=r,=r,r", [w], dtype=(tl.float32, tl.float32),
+                                     is_pure=True, pack=4)
+
+
+@triton.jit
+def _gemv_step(acc, x_row, W, S, i, K: tl.constexpr, BK: tl.constexpr, TAIL: tl.constexpr):
+    """acc [BN, BK/32] += per scale group, scale * (group's 32 weights . x); step i of the reduction."""
+    kx = i * BK + tl.arange(0, BK)
+    kw = i * (BK // 2) + tl.arange(0, BK // 2)[None, :]
+    ks = i * (BK // 32) + tl.arange(0, BK // 32)[None, :]
+    if TAIL:
+        x = tl.load(x_row + kx, mask=kx < K, other=0.0)
+        w = tl.load(W + kw, mask=kw < K // 2, other=0)
+        s = tl.load(S + ks, mask=ks < K // 32, other=0)
+    else:
+        x, w, s = tl.load(x_row + kx), tl.load(W + kw), tl.load(S + ks)
+    lo, hi = _e2m1_to_f32(w)
+    wv = tl.reshape(tl.join(lo, hi), [w.shape[0], BK])
+    part = tl.sum(tl.reshape(wv * x.to(tl.float32)[None, :], [w.shape[0], BK // 32, 32]), axis=2)
+    return acc + part * (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # 2^(s - 127)
+
+
+@triton.jit
+def _gemv_kernel(X, stride_x, Logits, W, S, B, Out, alpha, limit, E: tl.constexpr, EP: tl.constexpr,
+                 TOPK: tl.constexpr, KP: tl.constexpr, K: tl.constexpr, N: tl.constexpr, GATE_UP: tl.constexpr,
+                 BN: tl.constexpr, BK: tl.constexpr):
+    """Program (column tile, assignment a = token * TOPK + slot): one activation row against BN rows
+    of the expert routed from the token's logits, on CUDA cores. Each thread holds whole 32-value
+    scale groups (16 bytes), so a group's 32 products sum in registers before its one scale.
+    gate_up: X is the tokens, Out is h [A, N/2] bf16 (bias, SwiGLU, routing weight);
+    down: X is h in assignment order, Out is [A, N] fp32 (routing-weighted bias)."""
+    pid_n, a = tl.program_id(0), tl.program_id(1)
+    e, wt = _routed_assignment(Logits, a, E, EP, TOPK, KP)
+    x_row = X + ((a // TOPK).to(tl.int64) * stride_x if GATE_UP else a.to(tl.int64) * K)
+    rows = pid_n * BN + tl.arange(0, BN)
+    W = W + e.to(tl.int64) * N * (K // 2) + rows[:, None] * (K // 2)
+    S = S + e.to(tl.int64) * N * (K // 32) + rows[:, None] * (K // 32)
+    acc = tl.zeros([BN, BK // 32], tl.float32)
+    for i in range(0, K // BK):
+        acc = _gemv_step(acc, x_row, W, S, i, K, BK, False)
+    if K % BK:
+        acc = _gemv_step(acc, x_row, W, S, K // BK, K, BK, True)
+    y = tl.sum(acc, axis=1)
+    if GATE_UP:
+        h = _swiglu((y + tl.load(B + e * N + rows))[None, :], alpha, limit) * wt
+        j = pid_n * (BN // 2) + tl.arange(0, BN // 2)
+        tl.store(Out + a.to(tl.int64) * (N // 2) + j[None, :], h.to(Out.dtype.element_ty))
+    else:
+        tl.store(Out + a.to(tl.int64) * N + rows, y + wt * tl.load(B + e * N + rows))
+
+
+@triton.jit
+def _combine_kernel(Parts, Y, N: tl.constexpr, TOPK: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < N
+    y = tl.zeros([BLOCK], tl.float32)
+    for s in tl.static_range(TOPK):
+        y += tl.load(Parts + (t * TOPK + s).to(tl.int64) * N + cols, mask=ok, other=0.0)
+    tl.store(Y + t.to(tl.int64) * N + cols, y.to(Y.dtype.element_ty), mask=ok)
+
+
+def _interpret_mx_ops() -> None:
+    """Triton 3.6's interpreter has no tl.dot_scaled and runs no PTX: give it both ops used here,
+    for e2m1 and bf16 operands (packed along K, E8M0 scales per 32), exact in fp32 as on the GPU."""
+    from triton._C.libtriton import ir
+    from triton.runtime import interpreter as it
+
+    lut = np.array(E2M1_VALUES, np.float32)
+
+    def operand(h, scale, fmt, k_axis):
+        if fmt == ir.ScaleDotElemTypeTY.BF16:
+            return (h.data.astype(np.uint32) << 16).view(np.float32)
+        if fmt != ir.ScaleDotElemTypeTY.E2M1:
+            raise NotImplementedError(f"interpreted dot_scaled: format {fmt}")
+        v = np.stack((lut[h.data & 15], lut[h.data >> 4]), axis=k_axis + 1)
+        v = v.reshape((v.shape[0], -1) if k_axis == 1 else (-1, v.shape[2]))
+        s = np.repeat(np.ldexp(np.float32(1), scale.data.astype(np.int32) - SCALE_BIAS), BLOCK, axis=1)
+        return v * (s if k_axis == 1 else s.T).astype(np.float32)
+
+    def create_dot_scaled(self, lhs, lhs_scale, lhs_fmt, rhs, rhs_scale, rhs_fmt, fast_math, lhs_k_pack,
+                          rhs_k_pack, acc):
+        out = operand(lhs, lhs_scale, lhs_fmt, 1) @ operand(rhs, rhs_scale, rhs_fmt, 0) + acc.data
+        return it.TensorHandle(out.astype(np.float32), tl.float32)
+
+    class Results(tuple):
+        def get_result(self, i):
+            return self[i]
+
+    create_inline_asm = it.InterpreterBuilder.create_inline_asm
+
+    def create_inline_asm_e2m1(self, asm, constraints, values, types, is_pure, pack):
+        if asm != _E2M1_TO_F32.value:
+            return create_inline_asm(self, asm, constraints, values, types, is_pure, pack)
+        b = values[0].data
+        return Results(it.TensorHandle(lut[v], tl.float32) for v in (b & 15, b >> 4))
+
+    it.InterpreterBuilder.create_dot_scaled = create_dot_scaled
+    it.InterpreterBuilder.create_inline_asm = create_inline_asm_e2m1
+
+
+if triton.knobs.runtime.interpret:
+    _interpret_mx_ops()
+
+
+def _launch_opts(t) -> dict:
+    return dict(num_warps=t.num_warps, num_stages=t.num_stages)
+
+
+def _combine(parts, k, out_dtype):
+    A, N = parts.shape
+    y = torch.empty((A // k, N), device=parts.device, dtype=out_dtype)
+    _combine_kernel[(A // k, triton.cdiv(N, COMBINE_BLOCK))](parts, y, N, k, COMBINE_BLOCK)
+    return y
+
+
+def gate_up_grouped(x, routing, w, spec, tiles: Tiles) -> torch.Tensor:
+    """h [T*k, I] bf16 in expert-sorted row order: weight * swiglu(W1[e] x + b1[e])."""
+    T, k, E = x.shape[0], spec.num_experts_per_tok, w.blocks.shape[0]
+    t = tiles.fit(w.n, w.k)
+    A = T * k
+    num_m = triton.cdiv(A, t.bm) + min(E, A)
+    h = torch.empty((A, w.n // 2), device=x.device, dtype=torch.bfloat16)
+    _gate_up_kernel[(num_m * (w.n // t.bn),)](
+        x, x.stride(0), routing.order, routing.offsets, routing.weights, w.blocks, w.scales, w.bias, h, num_m,
+        spec.swiglu_alpha, spec.swiglu_limit, E, triton.next_power_of_2(E), k, w.k, w.n, t.bm, t.bn, t.bk, t.swap,
+        t.group_m, **_launch_opts(t))
+    return h
+
+
+def down_grouped(h, routing, w, spec, tiles: Tiles, out_dtype=torch.bfloat16) -> torch.Tensor:
+    """y [T, H]: per token, the sum over its experts of W2[e] h + weight * b2[e]."""
+    A, k, E = h.shape[0], spec.num_experts_per_tok, w.blocks.shape[0]
+    t = tiles.fit(w.n, w.k)
+    num_m = triton.cdiv(A, t.bm) + min(E, A)
+    parts = torch.empty((A, w.n), device=h.device, dtype=torch.float32)
+    _down_kernel[(num_m * (w.n // t.bn),)](
+        h, routing.order, routing.offsets, routing.weights, w.blocks, w.scales, w.bias, parts, num_m, E,
+        triton.next_power_of_2(E), w.k, w.n, t.bm, t.bn, t.bk, t.swap, t.group_m, **_launch_opts(t))
+    return _combine(parts, k, out_dtype)
+
+
+def _gemv(x, logits, w, spec, tiles: GemvTiles, out: torch.Tensor, gate_up: bool) -> torch.Tensor:
+    k, E = spec.num_experts_per_tok, w.blocks.shape[0]
+    t = tiles.fit(w.n, w.k)
+    _gemv_kernel[(w.n // t.bn, logits.shape[0] * k)](
+        x, x.stride(0), logits, w.blocks, w.scales, w.bias, out, spec.swiglu_alpha, spec.swiglu_limit, E,
+        triton.next_power_of_2(E), k, triton.next_power_of_2(k), w.k, w.n, gate_up, t.bn, t.bk, **_launch_opts(t))
+    return out
+
+
+def gate_up_gemv(x, logits, w, spec, tiles: GemvTiles) -> torch.Tensor:
+    """h [T*k, I] bf16 in assignment order (token * k + slot), routed from the logits in-kernel."""
+    h = torch.empty((x.shape[0] * spec.num_experts_per_tok, w.n // 2), device=x.device, dtype=torch.bfloat16)
+    return _gemv(x, logits, w, spec, tiles, h, True)
+
+
+def down_gemv(h, logits, w, spec, tiles: GemvTiles, out_dtype=torch.bfloat16) -> torch.Tensor:
+    """y [T, H] from h in assignment order: one program per (column tile, assignment), then combine."""
+    parts = torch.empty((h.shape[0], w.n), device=h.device, dtype=torch.float32)
+    return _combine(_gemv(h, logits, w, spec, tiles, parts, False), spec.num_experts_per_tok, out_dtype)

@@ -1,0 +1,178 @@
+"""MoE kernels of triton_mxfp4 against their torch references.
+
+Without CUDA the kernels run under TRITON_INTERPRET=1 (set before triton is imported); with CUDA
+the same tests run compiled.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from backends.triton_mxfp4 import moe_kernels as K  # noqa: E402
+from backends.triton_mxfp4.moe import moe, moe_reference, prepare_experts  # noqa: E402
+from backends.triton_mxfp4.routing import route, route_reference  # noqa: E402
+from harness.model.mxfp4 import quantize  # noqa: E402
+from harness.model.spec import get_spec  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every torch.empty during the test comes back NaN (floats) or the type's maximum (ints), so an
+    element the kernels forget to write fails the comparison or indexes out of bounds."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).max)
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+def small_spec(E=8, H=64, I=64):
+    return get_spec("gpt-oss-tiny").with_(num_local_experts=E, hidden_size=H, intermediate_size=I)
+
+
+def make_layer(spec, bias_scale=0.1):
+    """Random router and MXFP4 experts of `spec`, quantised from Gaussian weights (std ~ 1/sqrt(K))."""
+    E, H, I = spec.num_local_experts, spec.hidden_size, spec.intermediate_size
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    w1 = torch.randn(E, 2 * I, H, generator=g) / H ** 0.5
+    w2 = torch.randn(E, H, I, generator=g) / I ** 0.5
+    b1 = (torch.randn(E, 2 * I, generator=g) * bias_scale).bfloat16()
+    b2 = (torch.randn(E, H, generator=g) * bias_scale).bfloat16()
+    router_w = (torch.randn(E, H, generator=g) / H ** 0.5).bfloat16()
+    router_b = (torch.randn(E, generator=g) * 0.1).bfloat16()
+    gate_up = (*quantize(w1), b1)
+    down = (*quantize(w2), b2)
+    to = lambda ts: tuple(t.to(DEV) for t in ts)  # noqa: E731
+    return router_w.to(DEV), router_b.to(DEV), to(gate_up), to(down)
+
+
+def tie_free_x(T, spec, router_w, router_b):
+    """Activations whose bf16 router logits have no ties in any row (so top-k is unambiguous)."""
+    while True:
+        x = torch.randn(T, spec.hidden_size, device=DEV).bfloat16()
+        logits = torch.nn.functional.linear(x, router_w, router_b).float()
+        if (logits.sort(dim=-1).values.diff(dim=-1) > 0).all():
+            return x
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def distinct_logits(T, E):
+    """bf16 logits [T, E] with no ties in a row: a random permutation of 0..E-1 per row, halved."""
+    return (torch.rand(T, E, device=DEV).argsort(dim=-1).float() * 0.5 - 1.0).bfloat16()
+
+
+@pytest.mark.parametrize("T", [1, 3, 17, 64])
+@pytest.mark.parametrize("E", [8, 6])
+def test_route_matches_topk_softmax(T, E, poisoned):
+    logits = distinct_logits(T, E)
+    r = route(logits, 4)
+    ids, weights = route_reference(logits, 4)
+    assert torch.equal(r.ids.long(), ids)
+    torch.testing.assert_close(r.weights, weights, rtol=1e-6, atol=1e-7)
+    counts = torch.bincount(ids.flatten(), minlength=E)
+    assert r.offsets.tolist() == [0] + counts.cumsum(0).tolist()
+    # Sorted rows: by expert, tokens ascending within an expert, every assignment exactly once.
+    flat = ids.flatten()
+    expected = torch.cat([(flat == e).nonzero().flatten() for e in range(E)])
+    assert torch.equal(r.order.long(), expected)
+
+
+def test_route_empty_experts_and_one_expert_for_all(poisoned):
+    T, E = 40, 8
+    logits = distinct_logits(T, E)
+    logits[:, 5] = 100.0  # every token picks expert 5 first
+    logits[:, 6:8] = torch.tensor([-100.0, -99.0], device=DEV)  # never picked
+    r = route(logits, 4)
+    ids, _ = route_reference(logits, 4)
+    assert (r.ids[:, 0] == 5).all()
+    assert r.offsets[6].item() == r.offsets[8].item() == T * 4
+    assert r.offsets[6].item() - r.offsets[5].item() == T
+    assert torch.equal(r.order[r.offsets[5]:r.offsets[6]].long(), torch.arange(T, device=DEV) * 4)
+    assert torch.equal(r.ids.long(), ids)
+
+
+GROUPED_TILES = {
+    "decode_swap": K.Tiles(bm=16, bn=64, bk=64, swap=True),
+    "prefill": K.Tiles(bm=32, bn=32, bk=64, swap=False, group_m=2),
+}
+
+
+@pytest.mark.parametrize("tiles", list(GROUPED_TILES), ids=str)
+@pytest.mark.parametrize("T", [3, 17])
+def test_grouped_kernels(T, tiles, poisoned):
+    """Each regime's tiles at H = I = 96: two reduction steps, the second one half masked."""
+    spec = small_spec(H=96, I=96)
+    router_w, router_b, gate_up, down = make_layer(spec)
+    x = tie_free_x(T, spec, router_w, router_b)
+    t = GROUPED_TILES[tiles]
+    w1, w2 = prepare_experts(*gate_up, "gate_up"), prepare_experts(*down, "down")
+    r = route(torch.nn.functional.linear(x, router_w, router_b), spec.num_experts_per_tok)
+    y = K.down_grouped(K.gate_up_grouped(x, r, w1, spec, t), r, w2, spec, t)
+    ref = moe_reference(x, router_w, router_b, gate_up, down, spec)
+    assert not y.isnan().any()
+    assert rel_err(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_gemv_kernels(T, poisoned):
+    spec = small_spec(H=96, I=96)
+    router_w, router_b, gate_up, down = make_layer(spec)
+    x = tie_free_x(T, spec, router_w, router_b)
+    t = K.GemvTiles(bn=32, bk=64)
+    w1, w2 = prepare_experts(*gate_up, "gate_up"), prepare_experts(*down, "down")
+    logits = torch.nn.functional.linear(x, router_w, router_b)
+    y = K.down_gemv(K.gate_up_gemv(x, logits, w1, spec, t), logits, w2, spec, t)
+    ref = moe_reference(x, router_w, router_b, gate_up, down, spec)
+    assert not y.isnan().any()
+    assert rel_err(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("T", [1, 3, 17, 64])
+def test_moe_matches_reference(T, poisoned):
+    """T = 1 takes the gemv path, 3 and 17 the decode tiles, 64 (32 rows per expert) the prefill tiles."""
+    spec = small_spec()
+    router_w, router_b, gate_up, down = make_layer(spec)
+    x = tie_free_x(T, spec, router_w, router_b)
+    y = moe(x, router_w, router_b, prepare_experts(*gate_up, "gate_up"), prepare_experts(*down, "down"), spec)
+    ref = moe_reference(x, router_w, router_b, gate_up, down, spec)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    assert not y.isnan().any()
+    assert rel_err(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("T", [1, 17])
+def test_swiglu_clamp_edges(T, poisoned):
+    """Biases far beyond the limit drive gates and ups into both clamps (and through 0 for the gate)."""
+    spec = small_spec()
+    router_w, router_b, gate_up, down = make_layer(spec)
+    limit = spec.swiglu_limit
+    b1 = torch.linspace(-3 * limit, 3 * limit, gate_up[2].numel(), device=DEV)
+    gate_up = (gate_up[0], gate_up[1], b1[torch.randperm(b1.numel(), device=DEV)].reshape(gate_up[2].shape).bfloat16())
+    x = tie_free_x(T, spec, router_w, router_b)
+    y = moe(x, router_w, router_b, prepare_experts(*gate_up, "gate_up"), prepare_experts(*down, "down"), spec)
+    ref = moe_reference(x, router_w, router_b, gate_up, down, spec)
+    assert not y.isnan().any()
+    assert rel_err(y, ref) < 1e-2
+
+
+def test_prepare_experts_rejects_bad_shapes():
+    spec = small_spec()
+    _, _, gate_up, _ = make_layer(spec)
+    with pytest.raises(ValueError, match="bias"):
+        prepare_experts(gate_up[0], gate_up[1], gate_up[2][:, :-2], "gate_up")
+    with pytest.raises(ValueError, match="kind"):
+        prepare_experts(*gate_up, "up")
+    with pytest.raises(TypeError, match="uint8"):
+        prepare_experts(gate_up[0].float(), gate_up[1], gate_up[2], "gate_up")
