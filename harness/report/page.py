@@ -1,0 +1,191 @@
+"""The report page: run folders in, one self-contained HTML file out (plotly.js inlined once, so
+it opens offline, from an e-mail or a CI artifact).
+
+Agreement: every ok point whose greedy tokens differ from the reference at any position is
+listed in a banner. Kernels that round differently can flip a near-tie argmax now and then, so
+agreement of AGREEMENT_WARN or more is a note; below it the banner is a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jinja2
+import pandas as pd
+import plotly.graph_objects as go
+from markupsafe import Markup
+from plotly.offline import get_plotlyjs
+
+from harness.report import figures
+from harness.report.runs import RunInfo, Runs, load_runs
+from harness.results import write_text_atomic
+
+AGREEMENT_WARN = 0.9
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    caption: str
+    draw: Callable[[Runs], go.Figure | None]
+
+
+SECTIONS = [
+    Section("decode-throughput", "Decode throughput vs batch size",
+            "Generated tokens per second over the whole batch, one line per backend and quant.",
+            lambda r: figures.decode_throughput(r.points)),
+    Section("tpot", "Time per output token vs context",
+            "One decode step of the whole batch: median (solid) and 99th percentile (dashed) over all "
+            "measured steps of all repeats.",
+            lambda r: figures.tpot_vs_context(r.points)),
+    Section("ttft", "Time to first token vs context",
+            "Prefill of the whole batch at the given context length per sequence.",
+            lambda r: figures.ttft_vs_context(r.points)),
+    Section("throughput-interactivity", "Throughput vs interactivity",
+            "Tokens per second per GPU against tokens per second each user sees (1000 / mean TPOT); "
+            "the line joins each series' Pareto front, labelled by batch size, faint markers are dominated points.",
+            lambda r: figures.throughput_interactivity(r.points)),
+    Section("memory", "Memory vs context",
+            "Peak memory of the points that ran; crosses mark points that did not fit, at the memory they "
+            "needed; the dotted line is the device's capacity.",
+            lambda r: figures.memory_vs_context(r.points)),
+    Section("roofline", "Roofline",
+            "Each decode step against its floor, the time its bytes (and FLOPs) take at the device's peak: a "
+            "point on the solid line runs at the roof (MBU = floor / measured). Circles are memory-bound, "
+            "diamonds compute-bound.",
+            lambda r: figures.roofline(r.points)),
+    Section("power", "Power timeline",
+            "NVML power of each profiled point's GPUs (summed; every sampled point when none was profiled) "
+            "while it ran, prefill and decode windows shaded.",
+            lambda r: figures.power_timeline(r.telemetry, r.kernels, r.points)),
+    Section("energy", "Energy per token vs batch size",
+            "Decode energy from NVML's cumulative counter, divided by the generated tokens.",
+            lambda r: figures.energy_per_token(r.points)),
+    Section("kernels", "Kernel time breakdown",
+            "GPU time of the profiled window by kernel category, per profiled point and phase.",
+            lambda r: figures.kernel_breakdown(r.kernels, r.points)),
+    Section("agreement", "Agreement with the reference",
+            "Share of greedy tokens equal to the reference's on the same weights and prompts.",
+            lambda r: figures.agreement(r.points, AGREEMENT_WARN)),
+]
+
+# the points table: column, header, kind (text, status and message cells are text; int, number
+# and percent cells are numbers)
+TABLE = [
+    ("run", "run", "text"), ("backend", "backend", "text"), ("quant", "quant", "text"),
+    ("batch_size", "batch", "int"), ("context_len", "context", "int"), ("status", "status", "status"),
+    ("ttft_ms", "TTFT ms", "number"), ("tpot_ms_p50", "TPOT p50 ms", "number"),
+    ("tpot_ms_p99", "TPOT p99 ms", "number"), ("decode_tok_s", "decode tok/s", "number"),
+    ("peak_mem_gib", "peak mem GiB", "number"), ("torch_peak_gib", "torch peak GiB", "number"),
+    ("required_gib", "needs GiB", "number"), ("energy_j_per_tok", "J/token", "number"), ("mbu", "MBU", "percent"),
+    ("agreement", "agreement", "percent"), ("error", "message", "message"),
+]
+STATUS_ORDER = {"error": 0, "timeout": 1, "oom": 2, "skipped": 3, "ok": 4}  # the table's row order
+
+
+def _cell(value, kind: str) -> str:
+    if pd.isna(value):
+        return ""
+    if kind == "percent":
+        return f"{value:.1%}"
+    if kind == "int":
+        return f"{value:,}"
+    if kind == "number":  # three significant digits, never an exponent: 0.0412, 7.97, 1,234
+        decimals = max(0, 2 - math.floor(math.log10(abs(value)))) if value else 0
+        return f"{value:,.{decimals}f}"
+    return str(value)
+
+
+def points_table(runs: Runs) -> tuple[list[tuple[str, str]], list[dict]]:
+    """Header (title, kind) and rows of the points table: failures first; columns empty in every
+    row are left out."""
+    p = runs.points
+    p = p.assign(_rank=p["status"].map(STATUS_ORDER).fillna(0)).sort_values(
+        ["_rank", "run", "series", "batch_size", "context_len"])
+    columns = [(c, h, k) for c, h, k in TABLE if p[c].replace("", None).notna().any()
+               and (c != "run" or len(runs.infos) > 1)]
+    rows = [{"status": r["status"], "cells": [(k, _cell(r[c], k)) for c, _, k in columns]} for _, r in p.iterrows()]
+    return [(h, k) for _, h, k in columns], rows
+
+
+def _flat(value, prefix="") -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        return [kv for k, v in value.items() for kv in _flat(v, f"{prefix}{k}.")]
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [kv for i, v in enumerate(value) for kv in _flat(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), " ".join(map(str, value)) if isinstance(value, list) else str(value))]
+
+
+def _joined(values) -> str:
+    return ", ".join(dict.fromkeys(str(v) for v in values if v not in (None, "")))
+
+
+def run_facts(info: RunInfo, runs: Runs) -> list[tuple[str, str]]:
+    """The header's facts of one run: env.json (the host's fingerprint, and under `groups` what
+    each worker's interpreter reported) and the run's points."""
+    env, p = info.env, runs.points[runs.points["run"] == info.label]
+    gpus, workers = env.get("gpus") or [], list((env.get("groups") or {}).values())
+    used = p.dropna(subset=["gpu_name"]).drop_duplicates(["gpu_name", "gpu_count"])
+    engines = p.dropna(subset=["backend_version"]).drop_duplicates("backend")
+    command = env.get("command")
+    facts = [
+        ("run id", info.run_id),
+        ("date", p["started_at"].dropna().min() if p["started_at"].notna().any() else None),
+        ("hardware", info.hardware),
+        ("GPUs", _joined(f"{n} × {c}" for n, c in zip(used["gpu_name"], used["gpu_count"]))),
+        ("driver", _joined(g.get("driver") for g in gpus)),
+        ("CUDA", _joined([f"driver {g['cuda_driver']}" for g in gpus if g.get("cuda_driver")]
+                         + [f"torch build {w['torch_cuda']}" for w in workers if w.get("torch_cuda")])),
+        ("torch", _joined(w.get("torch") for w in workers) or (env.get("packages") or {}).get("torch")),
+        ("triton", _joined(w.get("triton") for w in workers) or (env.get("packages") or {}).get("triton")),
+        ("engines", _joined(f"{b} {v}" for b, v in zip(engines["backend"], engines["backend_version"]) if v)),
+        ("host", _joined([env.get("host"), env.get("cpu_model")])),
+        ("commit", (env.get("git_commit") or "")[:12] + (" (dirty tree)" if env.get("git_dirty") else "")),
+        ("command", shlex.join(command) if isinstance(command, list) else command),
+        ("points", ", ".join(f"{n} {s}" for s, n in p["status"].value_counts().items())),
+    ]
+    return [(k, v) for k, v in facts if v]
+
+
+def agreement_banner(runs: Runs) -> dict | None:
+    p = runs.points
+    bad = p[(p["status"] == "ok") & (p["agreement"] < 1)].sort_values("agreement")
+    if bad.empty:
+        return None
+    return {"level": "warning" if bad["agreement"].min() < AGREEMENT_WARN else "note",
+            "points": [f"{s} · batch {b} · context {c}: {a:.1%}" for s, b, c, a in
+                       bad[["series", "batch_size", "context_len", "agreement"]].itertuples(index=False)]}
+
+
+def render(runs: Runs) -> str:
+    sections = []
+    for section in SECTIONS:
+        fig = section.draw(runs)
+        if fig is not None:
+            # plotly writes the figure's JSON with <, > and / escaped, so its output is safe as markup
+            html = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{section.id}",
+                               config={"displaylogo": False, "responsive": True})
+            sections.append({"id": section.id, "title": section.title, "caption": section.caption,
+                             "figure": Markup(html)})
+    header, rows = points_table(runs)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.j2").render(
+        title=" vs ".join(i.label for i in runs.infos),
+        runs=[{"info": i, "facts": run_facts(i, runs), "env": _flat(i.env)} for i in runs.infos],
+        table_header=header, table_rows=rows, sections=sections, banner=agreement_banner(runs),
+        plotlyjs=Markup(get_plotlyjs()))
+
+
+def write_report(run_dirs, out) -> Path:
+    """Write the report of the run folders to `out` (atomically) and return its path."""
+    out = Path(out)
+    text = render(load_runs(run_dirs))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(text, out)
+    return out
