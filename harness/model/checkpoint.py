@@ -30,7 +30,7 @@ CONFIG, GENERATION_CONFIG = "config.json", "generation_config.json"
 INDEX, SINGLE = "model.safetensors.index.json", "model.safetensors"
 _DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1,
                 "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
-_TORCH_DTYPES = {"BF16": torch.bfloat16, "U8": torch.uint8}
+TORCH_DTYPES = {"BF16": torch.bfloat16, "U8": torch.uint8}  # the dtypes of GPT-OSS checkpoints
 _MAX_LISTED = 20  # problems spelled out in one error; the rest are counted
 
 
@@ -39,7 +39,9 @@ class CheckpointError(ValueError):
 
     def __init__(self, path: str | Path, problems: list[str]):
         self.path, self.problems = Path(path), problems
-        shown = problems[:_MAX_LISTED] + [f"... and {len(problems) - _MAX_LISTED} more"] * (len(problems) > _MAX_LISTED)
+        shown = problems[:_MAX_LISTED]
+        if len(problems) > _MAX_LISTED:
+            shown.append(f"... and {len(problems) - _MAX_LISTED} more")
         super().__init__(f"invalid checkpoint {path}:\n  " + "\n  ".join(shown))
 
 
@@ -47,7 +49,7 @@ def _shape(shape) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
 
-def read_header(file: Path) -> tuple[dict[str, dict], list[str]]:
+def _read_header(file: Path) -> tuple[dict[str, dict], list[str]]:
     """The tensors a safetensors file describes (name -> dtype, shape, data_offsets) and the
     problems of the file itself: a header or data that the file is too short to hold."""
     size = file.stat().st_size
@@ -66,13 +68,13 @@ def read_header(file: Path) -> tuple[dict[str, dict], list[str]]:
     problems = []
     for name, t in header.items():
         begin, end = t["data_offsets"]
-        if end - begin != math.prod(t["shape"]) * _DTYPE_BYTES.get(t["dtype"], 0):
+        if t["dtype"] in _DTYPE_BYTES and end - begin != math.prod(t["shape"]) * _DTYPE_BYTES[t["dtype"]]:
             problems.append(f"{file.name}: {name} {t['dtype']} {_shape(t['shape'])} has {end - begin:,} bytes of data")
     data_end = 8 + n + max((t["data_offsets"][1] for t in header.values()), default=0)
     if data_end > size:
         problems.append(f"{file.name}: truncated: the header describes {data_end:,} bytes, the file has {size:,}")
     elif data_end < size:
-        problems.append(f"{file.name}: {size - data_end:,} bytes after the last tensor that the header does not describe")
+        problems.append(f"{file.name}: {size - data_end:,} bytes after the data that the header describes")
     return header, problems
 
 
@@ -112,12 +114,14 @@ def _scan(path: Path) -> tuple[ModelSpec, str, dict[str, tuple[str, dict]], list
 
     files = sorted(set(weight_map.values())) if weight_map is not None else [SINGLE]
     found: dict[str, tuple[str, dict]] = {}
+    lost: set[str] = set()  # tensors of missing files: reported once, with the file
     for file in files:
         if not (path / file).is_file():
             listed = [t for t, f in weight_map.items() if f == file]
             problems.append(f"{INDEX}: maps {len(listed)} tensors (e.g. {listed[0]}) to {file}, which does not exist")
+            lost.update(listed)
             continue
-        header, file_problems = read_header(path / file)
+        header, file_problems = _read_header(path / file)
         problems += file_problems
         for name, entry in header.items():
             if weight_map is not None and weight_map.get(name) != file:
@@ -142,7 +146,7 @@ def _scan(path: Path) -> tuple[ModelSpec, str, dict[str, tuple[str, dict]], list
     contradictions = _contradictions(spec, quant, found)
     problems += contradictions
     if not contradictions:  # otherwise every tensor would differ from the config for one reason
-        problems += _compare(spec, quant, found, INDEX if weight_map is not None else SINGLE)
+        problems += _compare(spec, quant, found, lost, INDEX if weight_map is not None else SINGLE)
     return spec, quant, found, problems
 
 
@@ -175,10 +179,13 @@ def _contradictions(spec: ModelSpec, quant: str, found: dict[str, tuple[str, dic
     return out
 
 
-def _compare(spec: ModelSpec, quant: str, found: dict[str, tuple[str, dict]], where: str) -> list[str]:
+def _compare(spec: ModelSpec, quant: str, found: dict[str, tuple[str, dict]], lost: set[str],
+             where: str) -> list[str]:
     expected = spec.tensors(quant)
     out = []
     for name, (shape, dtype) in expected.items():
+        if name in lost:
+            continue
         if name not in found:
             out.append(f"{where}: tensor {name} is missing (expected {dtype} {_shape(shape)})")
             continue
@@ -226,56 +233,58 @@ class Checkpoint:
         return self._open[file].get_tensor(name).to(device)
 
 
-def shard_names(count: int) -> list[str]:
-    """GPT-OSS shard file names: the "of" number is the last index, not the count."""
-    if count == 1:
-        return [SINGLE]
-    return [f"model-{i:05d}-of-{count - 1:05d}.safetensors" for i in range(count)]
-
-
-def write_checkpoint(path: str | Path, spec: ModelSpec, tensors: Iterable[tuple[str, torch.Tensor]],
-                     quant: str = "mxfp4", max_shard_bytes: float = 4.8e9) -> Path:
-    """Write a checkpoint of `spec` into directory `path` from (name, tensor) pairs in any order.
-
-    Shards are planned from the spec (greedy in tensor order, at most max_shard_bytes unless one
-    tensor is larger), so every tensor's place in its file is known up front and is written there
-    as it arrives: host memory holds one tensor, not one shard. Each file appears under its final
-    name only once complete."""
-    path = Path(path)
-    expected = spec.tensors(quant)
+def plan_shards(spec: ModelSpec, quant: str = "mxfp4", max_shard_bytes: float = 4.8e9) -> dict[str, list[str]]:
+    """file -> its tensors: greedy in the spec's tensor order, a new shard when the next tensor would
+    pass max_shard_bytes. Shards are named as GPT-OSS names them, the "of" number being the last
+    index, not the count; a single shard is model.safetensors."""
     shards: list[list[str]] = [[]]
     size = 0
-    for name, (shape, dtype) in expected.items():
+    for name, (shape, dtype) in spec.tensors(quant).items():
         nbytes = math.prod(shape) * _DTYPE_BYTES[dtype]
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append(name)
         size += nbytes
-    files = shard_names(len(shards))
+    if len(shards) == 1:
+        return {SINGLE: shards[0]}
+    return {f"model-{i:05d}-of-{len(shards) - 1:05d}.safetensors": shard for i, shard in enumerate(shards)}
+
+
+def write_checkpoint(path: str | Path, spec: ModelSpec, tensors: Iterable[tuple[str, torch.Tensor]],
+                     quant: str = "mxfp4", max_shard_bytes: float = 4.8e9) -> Path:
+    """Write a checkpoint of `spec` into directory `path` from (name, tensor) pairs in any order.
+
+    Shards are planned from the spec (plan_shards), so every tensor's place in its file is known up
+    front and its bytes are written there as it arrives: host memory holds one tensor, not one
+    shard. Each file appears under its final name only once complete; a write that fails removes
+    every file it made."""
+    path = Path(path)
+    expected = spec.tensors(quant)
+    shards = plan_shards(spec, quant, max_shard_bytes)
     path.mkdir(parents=True, exist_ok=True)
     if any(path.glob("model*.safetensors*")):
         raise ValueError(f"write_checkpoint: {path} already holds safetensors files; give an empty directory")
 
-    shard_writers = [_ShardWriter(path / file, {n: expected[n] for n in shard}) for file, shard in zip(files, shards)]
-    writers = {name: w for w, shard in zip(shard_writers, shards) for name in shard}
+    shard_writers = [_ShardWriter(path / file, {n: expected[n] for n in names}) for file, names in shards.items()]
+    writers = {name: w for w in shard_writers for name in w.pending}
     try:
         for name, tensor in tensors:
             if name not in expected:
                 raise ValueError(f"write_checkpoint: {name} is not a tensor of {spec.name} in {quant} layout")
             writers[name].put(name, tensor)
-        unwritten = [name for name, w in writers.items() if name in w.pending]
+        unwritten = [name for w in shard_writers for name in w.pending]
         if unwritten:
             raise ValueError(f"write_checkpoint: {len(unwritten)} tensors of {spec.name} were not given "
-                                  f"(e.g. {unwritten[0]})")
+                             f"(e.g. {unwritten[0]})")
     except BaseException:
         for w in shard_writers:
             w.discard()
         raise
 
-    if len(files) > 1:
+    if len(shards) > 1:
         total = sum(math.prod(shape) * _DTYPE_BYTES[dtype] for shape, dtype in expected.values())
-        weight_map = {name: file for file, shard in zip(files, shards) for name in shard}
+        weight_map = {name: file for file, shard in shards.items() for name in shard}
         _write_json(path / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
     _write_json(path / CONFIG, spec.to_hf_config(quant))
     _write_json(path / GENERATION_CONFIG, generation_config(spec))
@@ -314,9 +323,9 @@ class _ShardWriter:
         shape, dtype = self.pending.pop(name, (None, None))
         if shape is None:
             raise ValueError(f"write_checkpoint: {name} was given twice")
-        if tuple(tensor.shape) != shape or tensor.dtype != _TORCH_DTYPES[dtype]:
+        if tuple(tensor.shape) != shape or tensor.dtype != TORCH_DTYPES[dtype]:
             raise ValueError(f"write_checkpoint: {name} is {tensor.dtype} {_shape(tensor.shape)}, "
-                                  f"expected {_TORCH_DTYPES[dtype]} {_shape(shape)}")
+                             f"expected {TORCH_DTYPES[dtype]} {_shape(shape)}")
         if self.handle is None:
             self.handle = open(self.partial, "wb")
             self.handle.write(self.raw_header)
@@ -328,9 +337,12 @@ class _ShardWriter:
             os.replace(self.partial, self.file)
 
     def discard(self):
+        """Remove what this writer wrote, finished or not: a failed write leaves no shard behind."""
         if self.handle is not None and not self.handle.closed:
             self.handle.close()
         self.partial.unlink(missing_ok=True)
+        if self.handle is not None:
+            self.file.unlink(missing_ok=True)
 
 
 def _write_json(file: Path, obj: dict):

@@ -2,8 +2,9 @@
 
 Each tensor is a pure function of (seed, tensor name), and of router_skew for the router biases
 only, so checkpoints that differ in skew differ in routing and nothing else. Values come from a
-counter-based hash of each element's index computed in int64 torch ops (no product can overflow)
-and at most two float32 multiplies and an add, so CPU and CUDA produce the same bits, a tensor is
+counter-based hash of each element's index in int64 torch ops (no product can overflow) and a few
+float32 multiplies and adds, each its own correctly rounded operation, so CPU and CUDA produce the
+same bits; the small router tensors are computed on the CPU from exact integer sums. A tensor is
 generated chunk by chunk in bounded memory, and an engine can materialise the model directly in
 device memory (`SyntheticWeights.get(name, device="cuda")`) with no file at all.
 
@@ -17,28 +18,30 @@ Scale (activations finite and well-scaled at every depth and context length):
 * attention returns a convex combination of value vectors (the sink takes part of the mass) and
   the MoE a convex combination of 4 expert outputs, so neither can grow with the context length;
 * experts hold uniform random E2M1 codes (RMS 2.93) with per-block scale bytes base + {-1, 0, 1};
-  the base that gives the std above is 116..122 for the published sizes, never near 255.
+  the base that gives the std above is 116..119 for the published sizes, never near 255.
 
 Agreement (greedy decoding that bf16 engines and an fp32 reference agree on), by two structures:
 * The first half of the hidden dimensions carries the token embedding unchanged: o_proj, down_proj
-  and their biases write only the second half, and routers read only the first half. Routing is
-  then a function of the token and the layer, so rounding never changes the experts chosen. With
-  routers that read everything, one expert choice flipped by rounding perturbs every later layer
-  and flips more: such cascades made a fifth of the choices disagree by layer 24.
-* Logits: each token c has two seeded successors pi1(c), pi2(c). The lm_head columns on the token
-  half hold, for token v, the summed embeddings of the tokens it succeeds, which lifts the two
-  successors of the current token SUCCESSOR_MARGIN logit stds above the rest; the random columns
-  on the other half, which carry everything the layers computed, decide between the two.
-  Gaussian logits over 201k tokens put the top two within bf16 rounding of each other at about
-  4% of positions (whatever their scale), before any error of the engine; a binary choice
-  between two lifted candidates flips only where its own margin is within the error.
-  Successive tokens stay as varied as the prompts, so decode batches route like prefill ones.
+  and their biases write only the second half (attention and experts read all of it), and routers
+  read only the first half. Routing is then a function of the token and the layer, so rounding
+  seldom changes the experts chosen and never compounds. With routers that read everything, one
+  expert choice flipped by rounding perturbs every later layer, which flips more: in a 24-layer
+  test model about 15% of the last layers' choices differed between bf16 and fp32.
+* Logits: each token c has two seeded successors. lm_head's columns on the token half hold, for
+  token v, the summed embeddings of the two tokens v succeeds, which lifts the current token's
+  successors SUCCESSOR_MARGIN logit stds above the rest; its random columns on the other half,
+  which carry everything the layers computed, decide between the two. Gaussian logits over 201k
+  tokens put the top two within bf16 rounding of each other at about 4% of positions, whatever
+  their scale and before any error of the engine; a choice between two lifted candidates flips
+  only where their own difference is within the error. Successors stay as varied as the prompts,
+  so decode batches route like prefill batches.
 
-Router skew s (a Zipf-like exponent, 0 = uniform): each layer ranks its experts by a seeded
-shuffle and biases the router by -s * b * ln(1 + rank), with b = sqrt(6)/pi * ROUTER_LOGIT_STD the
-scale of a Gumbel variable with the router logits' spread. Were that noise Gumbel, the top-1
-expert would follow P(rank r) ~ (1+r)^-s exactly; with near-Gaussian logits and top-4 selection
-the expert load is Zipf-like, rank 0 the busiest.
+Router skew s (a Zipf-like exponent, 0 = uniform): router rows have equal norms and the biases
+only ROUTER_BIAS_STD of noise, so without skew every expert is about equally loaded. With skew,
+each layer ranks its experts by a seeded shuffle and adds -s * b * ln(1 + rank) to their biases,
+b = sqrt(6)/pi * ROUTER_LOGIT_STD being the scale of a Gumbel variable with the router logits'
+spread: were that noise Gumbel, the top-1 expert would follow P(rank r) ~ (1+r)^-s exactly; with
+near-Gaussian logits and top-4 selection the load is Zipf-like, rank 0 the busiest.
 """
 
 from __future__ import annotations
@@ -55,9 +58,10 @@ import time
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from harness.model.checkpoint import write_checkpoint
+from harness.model.checkpoint import TORCH_DTYPES, write_checkpoint
 from harness.model.mxfp4 import SCALE_BIAS
 from harness.model.spec import SPECS, ModelSpec, get_spec
 
@@ -66,13 +70,16 @@ LOGIT_STD = 4.0  # std of the layers' contribution to each logit
 SUCCESSOR_MARGIN = 8.0  # lift of the current token's two successors, in LOGIT_STDs
 NORM_WEIGHT_STD = 0.1  # RMSNorm weights are 1 +- this, so an engine that drops them shows
 BIAS_STD = 0.1  # relative to the output each bias is added to
+ROUTER_BIAS_STD = 0.03  # in router logit stds: enough to show if an engine drops it, too little to unbalance
 SINK_STD = 1.0  # real sinks are O(1) logits
 _E2M1_RMS = math.sqrt(68.5 / 8)  # RMS of the 16 E2M1 values, each code equally likely
 _JITTER_RMS = math.sqrt((0.25 + 1 + 4) / 3)  # RMS of 2^j for a scale jitter j in {-1, 0, 1}
 _U16_STD = 65536 / math.sqrt(12)  # std of an integer uniform on [-2^15, 2^15)
-_CHUNK = 1 << 22  # elements per step (a multiple of 4): bounds the int64 temporaries to ~32 MB
+# Elements generated per step (multiples of 4). On a CPU, chunks whose int64 temporaries fit in L2
+# and stay below torch's intra-op parallel grain (32768) run ~20x faster than large ones; a GPU
+# wants large ones (kernel launches), 64 MB per temporary.
+_CPU_CHUNK, _DEVICE_CHUNK = 1 << 14, 1 << 23
 _WORD = 0xFFFFFFFF
-_TORCH_DTYPES = {"BF16": torch.bfloat16, "U8": torch.uint8}
 _NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight", "model.norm.weight")
 
 
@@ -111,7 +118,7 @@ def _permutation(n: int, key: tuple[int, int]) -> torch.Tensor:
     return torch.argsort(_hash(torch.arange(n), key))
 
 
-def scale_byte(std: float) -> int:
+def _scale_byte(std: float) -> int:
     """The E8M0 byte around which uniform random E2M1 codes with jittered scales have this std."""
     return SCALE_BIAS + round(math.log2(std / (_E2M1_RMS * _JITTER_RMS)))
 
@@ -135,15 +142,16 @@ class SyntheticWeights:
             raise KeyError(f"{name!r} is not a tensor of {self.spec.name} ({self.quant})")
         shape, dtype = self._tensors[name]
         n = math.prod(shape)
-        values = self._values(name)
-        out = torch.empty(n, dtype=_TORCH_DTYPES[dtype], device=device)
-        for start in range(0, n, _CHUNK):
-            index = torch.arange(start, min(n, start + _CHUNK), dtype=torch.int64, device=out.device)
+        out = torch.empty(n, dtype=TORCH_DTYPES[dtype], device=device)
+        values = self._values(name, out.device)
+        chunk = _CPU_CHUNK if out.device.type == "cpu" else _DEVICE_CHUNK
+        for start in range(0, n, chunk):
+            index = torch.arange(start, min(n, start + chunk), dtype=torch.int64, device=out.device)
             out[start:start + len(index)] = values(index)
         return out.view(shape)
 
-    def _values(self, name: str):
-        """index (int64 tensor of flat positions) -> the elements of `name` there."""
+    def _values(self, name: str, device: torch.device):
+        """index (int64 tensor of flat positions on `device`) -> the elements of `name` there."""
         s, key = self.spec, _key(self.seed, name)
         H, I, half = s.hidden_size, s.intermediate_size, s.hidden_size // 2
         share = 1 / math.sqrt(2 * s.num_hidden_layers)  # of one write into the residual stream
@@ -159,7 +167,7 @@ class SyntheticWeights:
             return torch.stack([(words >> shift) & 0xFF for shift in (0, 8, 16, 24)], -1).view(-1).to(torch.uint8)
 
         def scales(std):
-            base = scale_byte(std)
+            base = _scale_byte(std)
             return lambda i: (base - 1 + _hash(i, key) % 3).to(torch.uint8)
 
         leaf = re.sub(r"^model\.layers\.\d+\.", "", name)
@@ -179,11 +187,10 @@ class SyntheticWeights:
                 return only(uniform(BIAS_STD * share), lambda i: i >= half)
             case "self_attn.sinks":
                 return uniform(SINK_STD)
-            case "mlp.router.weight":
-                return only(uniform(ROUTER_LOGIT_STD / math.sqrt(half)), lambda i: i % H < half)
-            case "mlp.router.bias":
-                bias = self._router_bias(name, key)
-                return lambda i: bias.to(i.device)[i]
+            case "mlp.router.weight" | "mlp.router.bias":  # tiny, made whole on the CPU
+                table = (self._router_weight(key) if leaf.endswith("weight") else self._router_bias(name, key))
+                table = table.to(device).view(-1)
+                return lambda i: table[i]
             case "mlp.experts.gate_up_proj_blocks":
                 return codes
             case "mlp.experts.gate_up_proj_scales":
@@ -195,25 +202,34 @@ class SyntheticWeights:
             case "mlp.experts.down_proj_bias":
                 return only(uniform(BIAS_STD * share), lambda i: i % H >= half)
             case "lm_head.weight":
-                return self._lm_head(key)
+                return self._lm_head(key, device)
         raise KeyError(f"no synthetic recipe for tensor {name!r}")
 
-    def _lm_head(self, key):
+    def _lm_head(self, key: tuple[int, int], device: torch.device):
         """Token half: row v holds the summed embeddings of the two tokens v succeeds, scaled so
         that the current token's successors gain SUCCESSOR_MARGIN * LOGIT_STD (the final norm leaves
         the token half at RMS ~1). Other half: random, logit std LOGIT_STD."""
         s = self.spec
         H, half = s.hidden_size, s.hidden_size // 2
         embed = _key(self.seed, "model.embed_tokens.weight")
-        pred = [_permutation(s.vocab_size, _key(self.seed, f"lm_head.weight/predecessor{j}")) for j in (1, 2)]
+        pred = [_permutation(s.vocab_size, _key(self.seed, f"lm_head.weight/predecessor{j}")).to(device)
+                for j in (1, 2)]
         lift = SUCCESSOR_MARGIN * LOGIT_STD / half
 
         def values(i):
             row, col = i // H, i % H
-            prev = [p.to(i.device)[row] * H + col for p in pred]
-            successor = (_uniform(prev[0], embed, 1.0) + _uniform(prev[1], embed, 1.0)) * lift
-            return torch.where(col < half, successor, _uniform(i, key, LOGIT_STD / math.sqrt(H - half)))
+            successors = _uniform(pred[0][row] * H + col, embed, 1.0) + _uniform(pred[1][row] * H + col, embed, 1.0)
+            return torch.where(col < half, successors * lift, _uniform(i, key, LOGIT_STD / math.sqrt(H - half)))
         return values
+
+    def _router_weight(self, key: tuple[int, int]) -> torch.Tensor:
+        """Rows of norm ROUTER_LOGIT_STD on the token half, zero on the other: equal norms, so that
+        without skew no expert is favoured. The norms are exact integer sums and the rest single
+        IEEE operations, so this CPU computation gives the same bits on every machine."""
+        E, H, half = self.spec.num_local_experts, self.spec.hidden_size, self.spec.hidden_size // 2
+        u = (_hash(torch.arange(E * H), key) >> 16).view(E, H) - 32768
+        u[:, half:] = 0
+        return (u.double() * (ROUTER_LOGIT_STD / u.pow(2).sum(1, keepdim=True).double().sqrt())).float()
 
     def _router_bias(self, name: str, key: tuple[int, int]) -> torch.Tensor:
         """Small noise plus the skew term, on the CPU (it is tiny) so every device gets the same bits."""
@@ -222,52 +238,53 @@ class SyntheticWeights:
         rank[_permutation(E, _key(self.seed, name + "/rank"))] = torch.arange(E)
         gumbel_scale = math.sqrt(6) / math.pi * ROUTER_LOGIT_STD
         skew = torch.tensor([-self.router_skew * gumbel_scale * math.log1p(r) for r in rank.tolist()])
-        return _uniform(torch.arange(E), key, BIAS_STD * ROUTER_LOGIT_STD) + skew.float()
+        return _uniform(torch.arange(E), key, ROUTER_BIAS_STD * ROUTER_LOGIT_STD) + skew.float()
 
 
 GENERATOR_VERSION = 1  # bump when any value above changes, so cached checkpoints are regenerated
-MARKER = "synthetic.json"
+MARKER = "synthetic.json"  # what a cached checkpoint was generated from
 
 
 def cache_root() -> Path:
-    """Where synthetic checkpoints are cached: $GPTOSS_BENCH_CACHE/checkpoints, else ~/.cache/gptoss-bench/checkpoints."""
+    """$GPTOSS_BENCH_CACHE/checkpoints, else ~/.cache/gptoss-bench/checkpoints."""
     return Path(os.environ.get("GPTOSS_BENCH_CACHE") or Path.home() / ".cache" / "gptoss-bench") / "checkpoints"
 
 
 def synthetic_checkpoint(spec: ModelSpec, seed: int = 0, router_skew: float = 0.0,
                          cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """The synthetic checkpoint of (spec, seed, router_skew) in the HF layout, written once into
-    `cache_dir` (default cache_root()) as <model>-s<seed>-k<skew>/ and reused after. It is written
-    tensor by tensor (generated on the GPU when there is one) into a temporary directory renamed
-    when complete, so an interrupted generation is never taken for a cached one."""
+    `cache_dir` (default cache_root()) as <model>-s<seed>-k<skew>/ and reused while its spec and
+    generator are unchanged. It is written tensor by tensor (generated on the GPU when there is
+    one) into a temporary directory renamed when complete, so an interrupted generation is never
+    taken for a cached one."""
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"{spec.name}-s{seed}-k{router_skew:g}"
-    marker = {"model": spec.name, "seed": seed, "router_skew": router_skew, "generator": GENERATOR_VERSION}
+    marker = {"seed": seed, "router_skew": router_skew, "generator": GENERATOR_VERSION, "config": spec.to_hf_config()}
     if final.is_dir():
         try:
-            stale = json.loads((final / MARKER).read_text()) != marker
+            if json.loads((final / MARKER).read_text()) == marker:
+                return final
         except (OSError, ValueError):
-            stale = True
-        if not stale:
-            return final
+            pass
         shutil.rmtree(final)
 
     root.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
     for old in root.glob(f"{final.name}.partial-{host}-*"):  # left by a process that died
-        if not _alive(int(old.name.rsplit("-", 1)[1])):
+        pid = old.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     need, free = spec.checkpoint_bytes(), shutil.disk_usage(root).free
     if need > free:
-        raise OSError(f"synthetic {spec.name} checkpoint needs {need / 1e9:.1f} GB, {root} has {free / 1e9:.1f} GB free; "
-                      f"set GPTOSS_BENCH_CACHE or cache_dir elsewhere, or use device-direct weights (checkpoint None)")
+        raise OSError(f"the synthetic {spec.name} checkpoint needs {need / 1e9:.1f} GB, {root} has {free / 1e9:.1f} GB "
+                      "free: set GPTOSS_BENCH_CACHE or cache_dir elsewhere, or load the weights device-direct")
     partial = root / f"{final.name}.partial-{host}-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     weights = SyntheticWeights(spec, seed, router_skew)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task(f"writing {final.name}", total=need)
 
         def tensors():
@@ -278,12 +295,16 @@ def synthetic_checkpoint(spec: ModelSpec, seed: int = 0, router_skew: float = 0.
         try:
             write_checkpoint(partial, spec, tensors())
             (partial / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            partial.rename(final)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
-            if final.is_dir():  # another process completed it first
-                return final
             raise
+    try:
+        partial.rename(final)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not final.is_dir():
+            raise
+        # another process completed the same checkpoint first
     return final
 
 
@@ -292,7 +313,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # alive, someone else's
         return True
     return True
 

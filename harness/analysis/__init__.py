@@ -1,0 +1,1 @@
+"""Derived metrics: what fraction of the hardware's peak a measured point reached (roofline)."""

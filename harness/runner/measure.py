@@ -1,0 +1,77 @@
+"""The timing of one point, inside a worker.
+
+Warm-up calls (untimed, short), then `repeats` measured generate calls of `new_tokens` each.
+The backend times every step itself (StepBackend: CUDA events or a synchronised wall clock;
+loop-owning engines: their per-token timestamps): TTFT per repeat, one duration per decode step.
+Percentiles come from all steps of all repeats; decode time is never generate minus prefill.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from backends.base import Backend, Generation
+from harness.model.spec import ModelSpec
+from harness.runner.prompts import prompts
+
+
+def _check(gen: Generation, batch: int, new_tokens: int, backend: Backend) -> None:
+    if tuple(gen.tokens.shape) != (batch, new_tokens) or len(gen.step_ms) != new_tokens - 1:
+        raise RuntimeError(f"{type(backend).__name__}.generate returned tokens {tuple(gen.tokens.shape)} and "
+                           f"{len(gen.step_ms)} step times for batch {batch}, new_tokens {new_tokens}: expected "
+                           f"({batch}, {new_tokens}) and {new_tokens - 1}")
+
+
+def measure(backend: Backend, spec: ModelSpec, workload: dict, point_id: str, tel,
+            phase: Callable[[str], None]) -> tuple[dict, list, object]:
+    """Returns the point's measured columns, its samples rows [repeat, step, tpot_ms] and its
+    PointTelemetry (samples() and kernels() to read)."""
+    B, C, N, R = (workload[k] for k in ("batch_size", "context_len", "new_tokens", "repeats"))
+    x = prompts(spec, workload["seed"], C, B)
+    phase("warmup")
+    for _ in range(workload["warmup"]):
+        backend.generate(x, min(N, workload["warmup_tokens"]))
+    phase("measure")
+    gens, e2e = [], []
+    with tel.point(point_id, profile=tel.profiles(point_id), categorize=backend.kernel_category) as pt:
+        for _ in range(R):
+            t0 = time.perf_counter()
+            gen = backend.generate(x, N, phases=pt.phases)
+            e2e.append((time.perf_counter() - t0) * 1e3)
+            _check(gen, B, N, backend)
+            gens.append(gen)
+        if pt.profiling:
+            phase("profile")
+            with pt.profile():
+                backend.generate(x, 1 + tel.cfg.profile_steps, phases=pt.phases)
+    steps = np.array([g.step_ms for g in gens], dtype=np.float64)  # [repeats, new_tokens - 1]
+    ttft = float(np.mean([g.ttft_ms for g in gens]))
+    per_repeat = steps.mean(axis=1)
+    p50, p90, p99 = np.percentile(steps, [50, 90, 99])
+    row = {
+        "ttft_ms": ttft, "prefill_tok_s": B * C / (ttft / 1e3),
+        "tpot_ms_mean": float(steps.mean()), "tpot_ms_p50": float(p50), "tpot_ms_p90": float(p90),
+        "tpot_ms_p99": float(p99), "decode_tok_s": B * 1e3 / float(steps.mean()), "e2e_ms": float(np.mean(e2e)),
+        "cv": float(per_repeat.std(ddof=1) / per_repeat.mean()) if R > 1 else None,
+        **backend.memory(), **pt.columns(decode_tokens=R * B * (N - 1)), **backend.columns(),
+    }
+    samples = [[r, s + 1, float(v)] for r in range(R) for s, v in enumerate(steps[r])]
+    return row, samples, pt
+
+
+def agreement(backend: Backend, spec: ModelSpec, workload: dict, reference: list[list[int]]) -> dict:
+    """Share of positions where the backend's greedy token equals the reference's, with the
+    reference tokens fed back (teacher forcing) where the backend can, free-running where not."""
+    ref = torch.tensor(reference, dtype=torch.long)
+    n, m = ref.shape
+    x = prompts(spec, workload["seed"], workload["context_len"], n)
+    try:
+        got, forced = backend.generate(x, m, forced=ref).tokens, True
+    except NotImplementedError:
+        got, forced = backend.generate(x, m).tokens, False
+    return {"agreement": float((got.cpu() == ref).float().mean()), "agreement_positions": n * m,
+            "agreement_forced": forced}

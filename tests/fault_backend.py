@@ -1,0 +1,52 @@
+"""A test engine: tiny, deterministic and fast when healthy, faulty on demand.
+
+`faults` maps a fault to the batch size whose prefill triggers it:
+  oom    raises an error worded like CUDA's out-of-memory error;
+  error  raises an ordinary exception;
+  kill   sends SIGKILL to its own process;
+  hang   sleeps far past any point timeout.
+`does_not_fit: true` makes load raise DoesNotFit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+
+from backends.base import DoesNotFit, LoadRequest, StepBackend
+
+
+class FaultBackend(StepBackend):
+    quants = ("mxfp4",)
+
+    def __init__(self, faults: dict | None = None, does_not_fit: bool = False, step_ms: float = 0.2):
+        super().__init__(faults=faults, does_not_fit=does_not_fit, step_ms=step_ms)
+        self.faults = {int(batch): fault for fault, batch in (faults or {}).items()}
+        self.device = torch.device("cpu")
+
+    def load(self, request: LoadRequest) -> None:
+        if self.options["does_not_fit"]:
+            raise DoesNotFit(request.spec.weight_bytes(request.quant), 0.0)
+        self.vocab = request.spec.vocab_size
+
+    def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
+        fault = self.faults.get(prompts.shape[0])
+        if fault == "oom":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        if fault == "error":
+            raise ValueError("injected fault")
+        if fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fault == "hang":
+            time.sleep(3600)
+        return prompts.sum(1) % self.vocab
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.options["step_ms"] / 1e3)
+        return (tokens * 31 + 7) % self.vocab
+
+    def version(self) -> str:
+        return "fault 1"

@@ -1,0 +1,91 @@
+"""A worker process driven directly: load once, measure points, recover from OOM, report death
+and hangs; the measurement's numbers come from per-step samples."""
+
+import pytest
+
+from bench_cli import TESTS
+from harness.model.spec import get_spec
+from harness.runner.prompts import prompts
+from harness.runner.worker_process import WorkerDied, WorkerProcess, WorkerTimeout
+
+FAULT = {"_target_": "fault_backend.FaultBackend", "name": "fault", "python": None,
+         "faults": {"oom": 2, "kill": 3, "hang": 5}}
+WORKLOAD = {"batch_size": 1, "context_len": 8, "new_tokens": 5, "warmup": 1, "warmup_tokens": 2, "repeats": 3,
+            "seed": 0, "router_skew": 0.0, "timeout_s": 30, "load_timeout_s": 60}
+
+
+@pytest.fixture
+def worker(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    w = WorkerProcess(None, tmp_path / "worker.log")
+    records = []
+    assert w.request(None, 60)["type"] == "hello"
+    loaded = w.request({"type": "load", "backend": FAULT, "model": {"name": "gpt-oss-tiny", "path": None,
+                                                                    "synthetic": "device"},
+                        "quant": "mxfp4", "workload": WORKLOAD, "device": "cpu",
+                        "telemetry": {"nvml": False, "nvtx": False}, "trace_dir": None, "cache_dir": str(tmp_path),
+                        "max_batch_size": 8, "max_seq_len": 16}, 60, records.append)
+    assert loaded["status"] == "ok" and loaded["backend_version"] == "fault 1"
+    facts = [r for r in records if r["type"] == "facts"]
+    assert facts and facts[0]["device"] == "cpu" and facts[0]["gpu_name"] is None
+    yield w
+    w.kill()
+
+
+def point(w, batch, reference=None, timeout_s=30, **workload):
+    return w.request({"type": "point", "point_id": f"b{batch}", "workload": {**WORKLOAD, "batch_size": batch, **workload},
+                      "reference": reference}, timeout_s)
+
+
+def test_measurement_comes_from_every_step(worker):
+    res = point(worker, 4)
+    assert res["status"] == "ok"
+    row, samples = res["row"], res["samples"]
+    assert len(samples) == 3 * 4  # repeats x (new_tokens - 1)
+    steps = sorted(s[2] for s in samples)
+    assert row["tpot_ms_mean"] == pytest.approx(sum(steps) / len(steps))
+    assert row["tpot_ms_p50"] == pytest.approx((steps[5] + steps[6]) / 2)
+    assert row["decode_tok_s"] == pytest.approx(4 * 1000 / row["tpot_ms_mean"])
+    assert row["prefill_tok_s"] == pytest.approx(4 * 8 / (row["ttft_ms"] / 1e3))
+    assert row["cv"] is not None and row["e2e_ms"] > row["ttft_ms"]
+    assert "agreement" not in row
+    one = point(worker, 1, repeats=1)["row"]
+    assert one["cv"] is None  # one repeat has no spread
+
+
+def test_agreement_is_teacher_forced_against_the_reference(worker):
+    # The fault backend's greedy tokens: prefill = sum(prompt) % vocab, then t -> (31 t + 7) % vocab.
+    own = [int(prompts(get_spec("gpt-oss-tiny"), 0, 8, 1).sum()) % 1024]
+    for _ in range(3):
+        own.append((31 * own[-1] + 7) % 1024)
+    same = point(worker, 1, reference=[own])["row"]
+    assert same["agreement"] == 1.0 and same["agreement_positions"] == 4 and same["agreement_forced"] is True
+    last = point(worker, 1, reference=[own[:3] + [own[3] + 1]])["row"]
+    assert last["agreement"] == 0.75
+    # A wrong first token is fed back: the step after it disagrees too, the later ones agree again
+    # (free-running, only the first position would differ).
+    first = point(worker, 1, reference=[[own[0] + 1] + own[1:]])["row"]
+    assert first["agreement"] == 0.5
+
+
+def test_oom_is_recovered_in_the_same_worker(worker):
+    pid = worker.proc.pid
+    res = point(worker, 2)
+    assert res["status"] == "oom" and "out of memory" in res["error"]
+    assert point(worker, 1)["status"] == "ok" and worker.proc.pid == pid
+
+
+def test_death_names_the_signal_and_a_hang_times_out(worker, tmp_path, monkeypatch):
+    with pytest.raises(WorkerDied, match="killed by SIGKILL"):
+        point(worker, 3)
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    hung = WorkerProcess(None, tmp_path / "hung.log")
+    hung.request(None, 60)
+    hung.request({"type": "load", "backend": FAULT, "model": {"name": "gpt-oss-tiny", "path": None,
+                                                              "synthetic": "device"},
+                  "quant": "mxfp4", "workload": WORKLOAD, "device": "cpu", "telemetry": {"nvml": False, "nvtx": False},
+                  "trace_dir": None, "cache_dir": str(tmp_path), "max_batch_size": 8, "max_seq_len": 16}, 60)
+    with pytest.raises(WorkerTimeout, match="no result after 2 s"):
+        point(hung, 5, timeout_s=2)
+    hung.kill()
+    assert hung.proc.returncode == -9

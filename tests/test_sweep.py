@@ -1,0 +1,84 @@
+"""Sweep expansion and validation, in process: what points a sweep has and what makes it invalid."""
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from bench_cli import fault_conf
+from harness.cli import CONF
+from harness.model.spec import get_spec
+from harness.runner.prompts import prompts
+from harness.runner.sweep import SweepError, combinations, expand
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """expand(...) of a list of overrides, with two fault backends, `fault` and `other`, known."""
+    search = fault_conf(tmp_path, fault={}, other={})
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+
+        def run(*overrides):
+            fixed = [search, "model.synthetic=device", "telemetry=off", "sweep=none"]
+            return expand(lambda combo: compose("config", overrides=fixed + combo),
+                          combinations(loader, list(overrides)))
+        yield run
+
+
+def test_cartesian_product_named_and_grouped(sweep):
+    points = sweep("backend=fault,other", "model=gpt-oss-tiny", "workload.batch_size=1,4", "workload.context_len=32,64")
+    assert len(points) == 8
+    assert len({p.point_id for p in points}) == 8
+    assert points[0].point_id == "fault-gpt-oss-tiny-mxfp4-b1-c32-n32"
+    assert [p.group for p in points].count("fault-gpt-oss-tiny-mxfp4") == 4
+    assert {p.group for p in points} == {"fault-gpt-oss-tiny-mxfp4", "other-gpt-oss-tiny-mxfp4"}
+    assert points[1].config["workload"]["context_len"] == 64 and points[2].config["workload"]["batch_size"] == 4
+
+
+def test_points_that_load_differently_are_different_groups(sweep):
+    points = sweep("backend=fault", "model=gpt-oss-tiny", "workload.seed=0,1")
+    assert len({p.group for p in points}) == 2
+    assert all(p.group.startswith("fault-gpt-oss-tiny-mxfp4-") for p in points)  # a digest tells them apart
+    assert len({p.point_id for p in points}) == 2
+
+
+def test_auto_is_the_tiny_model_on_torch_ref_without_a_gpu(sweep):
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU default here")
+    [point] = sweep()
+    assert point.config["backend"]["name"] == "torch_ref"
+    assert point.config["model"]["name"] == "gpt-oss-tiny"
+    assert "backend=torch_ref" in point.overrides
+
+
+def test_invalid_sweep_names_every_bad_key_and_point(sweep, tmp_path):
+    with pytest.raises(SweepError) as e:
+        sweep("backend=fault,nope", "model=gpt-oss-tiny", "quant=mxfp4,bf16", "workload.batch_size=0,2",
+              "workload.context_len=4090", f"model.path={tmp_path / 'missing'}")
+    msg = str(e.value)
+    for bad in ("Could not find 'backend/nope'", "workload.batch_size=0: must be a positive integer",
+                "quant=bf16: backend fault supports only ['mxfp4']", f"model.path={tmp_path / 'missing'}: no such directory"):
+        assert bad in msg
+    assert "in [backend=fault quant=bf16 workload.batch_size=2]" in msg
+
+
+def test_positions_beyond_the_model_are_refused(sweep):
+    with pytest.raises(SweepError, match=r"workload.context_len=4090 \+ workload.new_tokens=32: 4122 positions "
+                                         r"exceed max_position_embeddings=4096 of gpt-oss-tiny"):
+        sweep("backend=fault", "model=gpt-oss-tiny", "workload.context_len=128,4090")
+
+
+def test_unknown_model_and_telemetry_key(sweep):
+    with pytest.raises(SweepError) as e:
+        sweep("backend=fault", "model=gpt-oss-tiny", "model.name=gpt-oss-7b", "+telemetry.colour=red")
+    assert "model=gpt-oss-7b: unknown model" in str(e.value)
+    assert "telemetry: unknown keys ['colour']" in str(e.value)
+
+
+def test_prompt_rows_do_not_depend_on_the_batch():
+    spec = get_spec("gpt-oss-tiny")
+    small, big = prompts(spec, 0, 64, 2), prompts(spec, 0, 64, 8)
+    assert torch.equal(small, big[:2])
+    assert not torch.equal(prompts(spec, 1, 64, 2), small)
+    assert int(big.max()) < min(spec.bos_token_id, spec.eos_token_id, spec.pad_token_id)
