@@ -2,13 +2,8 @@
 poisoned with NaN before each run, relative error by dtype. On a CPU they run in Triton's
 interpreter."""
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated
 
 from backends.triton_mxfp4.attention import (KVCache, attention_decode, attention_prefill, attention_ref,
                                              decode_splits)

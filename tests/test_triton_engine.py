@@ -4,13 +4,9 @@ error of the logits and agreement of their argmax. On a CPU the tiny model runs 
 interpreter; the gpu tests run the full 20b and 120b."""
 
 import gc
-import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated
 
 from backends.base import DoesNotFit, LoadRequest
 from backends.torch_ref import TorchRef

@@ -3,13 +3,9 @@ their torch references: fresh random inputs, NaN-poisoned outputs, relative erro
 CPU they run in Triton's interpreter."""
 
 import math
-import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated
 
 from backends.torch_ref.model import Rotary
 from backends.triton_mxfp4.lm_head import lm_head, lm_head_ref

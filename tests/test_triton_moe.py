@@ -1,23 +1,17 @@
 """MoE kernels of triton_mxfp4 against their torch references.
 
-Without CUDA the kernels run under TRITON_INTERPRET=1 (set before triton is imported); with CUDA
-the same tests run compiled.
+Without CUDA the kernels run under TRITON_INTERPRET=1 (set by tests/conftest.py before triton is
+imported); with CUDA the same tests run compiled.
 """
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-
-from backends.triton_mxfp4 import moe_kernels as K  # noqa: E402
-from backends.triton_mxfp4.moe import moe, moe_reference, prepare_experts  # noqa: E402
-from backends.triton_mxfp4.routing import route, route_reference  # noqa: E402
-from harness.model.mxfp4 import quantize  # noqa: E402
-from harness.model.spec import get_spec  # noqa: E402
+from backends.triton_mxfp4 import moe_kernels as K
+from backends.triton_mxfp4.moe import moe, moe_reference, prepare_experts
+from backends.triton_mxfp4.routing import route, route_reference
+from harness.model.mxfp4 import quantize
+from harness.model.spec import get_spec
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -73,5 +73,9 @@ def agreement(backend: Backend, spec: ModelSpec, workload: dict, reference: list
         got, forced = backend.generate(x, m, forced=ref).tokens, True
     except NotImplementedError:
         got, forced = backend.generate(x, m).tokens, False
-    return {"agreement": float((got.cpu() == ref).float().mean()), "agreement_positions": n * m,
-            "agreement_forced": forced}
+    # A negative id is a token the engine did not report (a server streaming text only): unknown,
+    # not a disagreement.
+    known = got.cpu() >= 0
+    positions = int(known.sum())
+    share = float((got.cpu() == ref)[known].float().mean()) if positions else None
+    return {"agreement": share, "agreement_positions": positions, "agreement_forced": forced}
