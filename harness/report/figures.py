@@ -100,7 +100,7 @@ def decode_throughput(points: pd.DataFrame) -> go.Figure | None:
 
 def tpot_vs_context(points: pd.DataFrame) -> go.Figure | None:
     return _facet_lines(points, "context_len", {"tpot_ms_p50": "p50", "tpot_ms_p99": "p99"}, "batch_size",
-                        "context length (tokens)", "time per output token (ms)", shared_y=False)
+                        "context length (tokens)", "time per output token (ms)", log_y=True, shared_y=False)
 
 
 def ttft_vs_context(points: pd.DataFrame) -> go.Figure | None:
