@@ -13,7 +13,8 @@ Two shapes of engine fit:
 * Engines that own their decode loop (vLLM's `LLM`, TensorRT-LLM's `LLM`, an OpenAI-compatible
   server) subclass `Backend` and implement `generate`, returning the time to the first token and
   one duration per later step taken from the engine's own per-token timestamps (never derived
-  from totals). They mark the phases they can see with `phases`.
+  from totals; `stamped_generation` turns the stamps into a `Generation`). They mark the phases
+  they can see with `phases`.
 
 Rules every backend follows:
 
@@ -167,3 +168,16 @@ class StepClock:
             self.marks[-1].synchronize()
             return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+
+def stamped_generation(tokens: list[list[int]], stamps: list[list[float]], start: float,
+                       new_tokens: int) -> Generation:
+    """Step i ends when the last sequence of the batch has its token i: TTFT is the end of step 0
+    after `start`, the step times the gaps between consecutive ends (seconds in, ms out)."""
+    short = sorted({len(t) for t in tokens if len(t) != new_tokens})
+    if short:
+        raise RuntimeError(f"the engine returned {short} tokens for some sequences, {new_tokens} requested "
+                           f"with ignore_eos")
+    ends = [max(s[i] for s in stamps) for i in range(new_tokens)]
+    return Generation(torch.tensor(tokens, dtype=torch.int64), (ends[0] - start) * 1e3,
+                      [(b - a) * 1e3 for a, b in zip(ends, ends[1:])])

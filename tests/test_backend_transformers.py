@@ -9,7 +9,7 @@ import torch
 from backends.base import DoesNotFit, LoadRequest
 from backends.torch_ref import TorchRef
 from backends.transformers import Transformers
-from backends.vllm.checkpoint import bf16_checkpoint
+from harness.model.bf16_checkpoint import bf16_checkpoint
 from harness.model.spec import SPECS
 from harness.model.synthetic import synthetic_checkpoint
 

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from backends.base import Backend, Generation, LoadRequest, Phases, no_phases
+from backends.base import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
 from backends.openai_endpoint import OpenAIEndpoint
 from backends.openai_endpoint.server import HOST, ServerProcess, free_port
-from backends.vllm.checkpoint import engine_checkpoint
-from backends.vllm.timing import stamped_generation
+from harness.model.bf16_checkpoint import engine_checkpoint
 
 MOE_BACKENDS = ("TRITON", "CUTLASS", "TRTLLM")
 

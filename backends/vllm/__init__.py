@@ -19,13 +19,12 @@ import time
 
 import torch
 
-from backends.base import Backend, Generation, LoadRequest, Phases, no_phases
+from backends.base import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
 from backends.openai_endpoint import OpenAIEndpoint
 from backends.openai_endpoint.server import HOST, ServerProcess, free_port, log_summary
 from backends.vllm import paths
-from backends.vllm.checkpoint import engine_checkpoint
+from harness.model.bf16_checkpoint import engine_checkpoint
 from backends.vllm.log import EngineLog
-from backends.vllm.timing import stamped_generation
 
 
 class EngineOptions:
