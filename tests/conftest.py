@@ -16,3 +16,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """The synthetic gpt-oss-tiny checkpoint (seed 0) on disk, written once per test session."""
+    from harness.model.spec import get_spec
+    from harness.model.synthetic import synthetic_checkpoint
+
+    return synthetic_checkpoint(get_spec("gpt-oss-tiny"), seed=0, cache_dir=tmp_path_factory.mktemp("synthetic"))

@@ -20,7 +20,6 @@ from backends.openai_endpoint.metrics import serving_columns
 from backends.openai_endpoint.server import ServerError, ServerProcess, free_port
 from backends.torch_ref import TorchRef
 from harness.model.spec import SPECS
-from harness.model.synthetic import synthetic_checkpoint
 
 TINY = SPECS["gpt-oss-tiny"]
 
@@ -70,11 +69,6 @@ def test_a_chunk_of_several_tokens_stamps_them_all():
 
 
 # ---- a server streaming torch_ref's tokens ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return synthetic_checkpoint(TINY, seed=0, cache_dir=tmp_path_factory.mktemp("synthetic"))
-
-
 @pytest.fixture(scope="module")
 def ref(checkpoint):
     ref = TorchRef(device="cpu")

@@ -13,7 +13,6 @@ from backends.base import LoadRequest
 from backends.tensorrt_llm import TensorRTLLM, TensorRTLLMServe
 from backends.torch_ref import TorchRef
 from harness.model.spec import SPECS
-from harness.model.synthetic import synthetic_checkpoint
 
 STAND_INS = Path(__file__).resolve().parent / "stand_ins"
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +27,6 @@ def stand_in(monkeypatch):
     yield
     for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
         del sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return synthetic_checkpoint(TINY, seed=0, cache_dir=tmp_path_factory.mktemp("synthetic"))
 
 
 @pytest.fixture(scope="module")

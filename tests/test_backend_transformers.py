@@ -11,15 +11,9 @@ from backends.torch_ref import TorchRef
 from backends.transformers import Transformers
 from harness.model.bf16_checkpoint import bf16_checkpoint
 from harness.model.spec import SPECS
-from harness.model.synthetic import synthetic_checkpoint
 
 TINY = SPECS["gpt-oss-tiny"]
 NEW = 10
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return synthetic_checkpoint(TINY, seed=0, cache_dir=tmp_path_factory.mktemp("synthetic"))
 
 
 def request(checkpoint, quant="mxfp4"):

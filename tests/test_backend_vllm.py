@@ -15,7 +15,6 @@ from backends.base import LoadRequest
 from backends.torch_ref import TorchRef
 from backends.vllm import paths
 from harness.model.spec import SPECS
-from harness.model.synthetic import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -100,11 +99,6 @@ def run_in_vllm(backend: str, checkpoint: Path, prompts: torch.Tensor, batches=(
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"the driver printed no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
     return json.loads(lines[-1][len("RESULT "):])
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return synthetic_checkpoint(TINY, seed=0, cache_dir=tmp_path_factory.mktemp("synthetic"))
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,8 @@ from backends.base import LoadRequest
 from backends.torch_ref import TorchRef
 from backends.torch_ref.model import yarn
 from harness.model.spec import SPECS
-from harness.model.synthetic import synthetic_checkpoint
 
 TINY = SPECS["gpt-oss-tiny"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return synthetic_checkpoint(TINY, seed=0, cache_dir=tmp_path_factory.mktemp("synthetic"))
 
 
 @pytest.fixture(scope="module")
