@@ -174,43 +174,17 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def _gpus() -> list[dict]:
-    """Every GPU NVML sees, with the driver state that changes results: clocks, power limit, mode."""
+def _gpus() -> dict:
+    """Every GPU of the host as harness.telemetry records GPUs, or why NVML is unavailable."""
+    from harness.telemetry import nvml_sampler
     try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no library: a CPU machine
-        return []
-    def read(fn, *args):
-        try:
-            v = fn(*args)
-            return v.decode() if isinstance(v, bytes) else v
-        except pynvml.NVMLError:
-            return None
+        handles = nvml_sampler.all_devices()
+    except nvml_sampler.NvmlUnavailable as e:  # no driver, no library: a CPU machine
+        return {"nvml": f"unavailable: {e}", "gpu_name": None, "gpu_count": 0, "gpus": []}
     try:
-        driver, cuda = read(pynvml.nvmlSystemGetDriverVersion), read(pynvml.nvmlSystemGetCudaDriverVersion_v2)
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = read(pynvml.nvmlDeviceGetMemoryInfo, h)
-            cc = read(pynvml.nvmlDeviceGetCudaComputeCapability, h)
-            limit = read(pynvml.nvmlDeviceGetPowerManagementLimit, h)
-            out.append({
-                "index": i, "name": read(pynvml.nvmlDeviceGetName, h), "uuid": read(pynvml.nvmlDeviceGetUUID, h),
-                "memory_gib": mem.total / 2**30 if mem else None,
-                "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
-                "driver": driver, "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None,
-                "power_limit_w": limit / 1e3 if limit else None,
-                "sm_clock_mhz": read(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
-                "mem_clock_mhz": read(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_MEM),
-                "sm_clock_max_mhz": read(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
-                "persistence_mode": read(pynvml.nvmlDeviceGetPersistenceMode, h),
-                "mig_mode": (read(pynvml.nvmlDeviceGetMigMode, h) or [None])[0],
-                "ecc_mode": (read(pynvml.nvmlDeviceGetEccMode, h) or [None])[0],
-            })
-        return out
+        return nvml_sampler.gpu_facts(handles, [nvml_sampler.supported_readers(h) for h in handles])
     finally:
-        pynvml.nvmlShutdown()
+        nvml_sampler.pynvml.nvmlShutdown()
 
 
 def env_fingerprint() -> dict:
@@ -218,7 +192,6 @@ def env_fingerprint() -> dict:
     versions, the project's git commit and whether the tree was dirty, the command line.
     Facts only a worker knows (its interpreter's torch and CUDA build, the device it used) are
     added per worker group under `groups`."""
-    gpus = _gpus()
     versions = {}
     for name in PACKAGES:
         try:
@@ -227,7 +200,7 @@ def env_fingerprint() -> dict:
             pass
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "gpu_name": gpus[0]["name"] if gpus else None, "gpu_count": len(gpus), "gpus": gpus,
+        **_gpus(),
         "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "host": socket.gethostname(),
         "platform": platform.platform(), "python": sys.version.split()[0], "executable": sys.executable,
         "packages": versions, "git_commit": _git("rev-parse", "HEAD"),

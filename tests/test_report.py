@@ -102,8 +102,9 @@ def make_run(root, run_id="20250601T120000Z", hardware="H100 SXM", speed=1.0, te
     if kernels:
         pd.DataFrame([k for r in profiled for k in _kernels(r["point_id"], r["ttft_ms"], r["tpot_ms_mean"])]) \
             .to_parquet(path / "kernels.parquet")
-    gpu = dict(name="NVIDIA H100 80GB HBM3", memory_gib=CAPACITY_GIB, driver="570.86.15", cuda_driver="12.8")
-    env = dict(gpu_name=gpu["name"], gpu_count=1, gpus=[gpu], host="gpu-node-7", cpu_model="AMD EPYC 9454",
+    gpu = dict(name="NVIDIA H100 80GB HBM3", memory_gib=CAPACITY_GIB)
+    env = dict(gpu_name=gpu["name"], gpu_count=1, gpus=[gpu], driver_version="570.86.15", cuda_driver_version="12.8",
+               host="gpu-node-7", cpu_model="AMD EPYC 9454",
                packages=dict(torch="2.11.0", triton="3.6.0"), git_commit="abc1234def5678", git_dirty=True,
                command=["gptoss-bench", "-m", "workload.batch_size=1,4,16,64"],
                groups={"triton_mxfp4/gpt-oss-20b/mxfp4": dict(torch="2.11.0+cu128", torch_cuda="12.8", triton="3.6.0")})

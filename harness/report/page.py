@@ -129,7 +129,7 @@ def run_facts(info: RunInfo, runs: Runs) -> list[tuple[str, str]]:
     """The header's facts of one run: env.json (the host's fingerprint, and under `groups` what
     each worker's interpreter reported) and the run's points."""
     env, p = info.env, runs.points[runs.points["run"] == info.label]
-    gpus, workers = env.get("gpus") or [], list((env.get("groups") or {}).values())
+    workers = list((env.get("groups") or {}).values())
     used = p.dropna(subset=["gpu_name"]).drop_duplicates(["gpu_name", "gpu_count"])
     engines = p.dropna(subset=["backend_version"]).drop_duplicates("backend")
     command = env.get("command")
@@ -138,8 +138,8 @@ def run_facts(info: RunInfo, runs: Runs) -> list[tuple[str, str]]:
         ("date", p["started_at"].dropna().min() if p["started_at"].notna().any() else None),
         ("hardware", info.hardware),
         ("GPUs", _joined(f"{n} × {c}" for n, c in zip(used["gpu_name"], used["gpu_count"]))),
-        ("driver", _joined(g.get("driver") for g in gpus)),
-        ("CUDA", _joined([f"driver {g['cuda_driver']}" for g in gpus if g.get("cuda_driver")]
+        ("driver", env.get("driver_version")),
+        ("CUDA", _joined(([f"driver {env['cuda_driver_version']}"] if env.get("cuda_driver_version") else [])
                          + [f"torch build {w['torch_cuda']}" for w in workers if w.get("torch_cuda")])),
         ("torch", _joined(w.get("torch") for w in workers) or (env.get("packages") or {}).get("torch")),
         ("triton", _joined(w.get("triton") for w in workers) or (env.get("packages") or {}).get("triton")),

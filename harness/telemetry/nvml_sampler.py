@@ -3,8 +3,9 @@
 A sampler thread runs while a point runs and reads every `period_s` (one tick: the same
 timestamp for every GPU): power, the cumulative energy counter, memory used, utilisation, SM and
 memory clocks, temperature and the clock-event reasons. Timestamps come from the caller's clock (time.perf_counter relative to the
-worker's t0), the clock the phase markers use. pynvml's calls release the GIL, so the thread
-costs the timed thread little; benchmarks/telemetry_overhead.py measures how little.
+worker's t0), the clock the phase markers use. The thread shares the GIL with the thread that
+launches GPU work: on an H100 it slowed an eager, launch-bound decode step by 8.7% at a 20 ms
+period (benchmarks/LOG.md; benchmarks/telemetry_overhead.py measures it).
 
 Power: the driver's instantaneous field (NVML_FI_DEV_POWER_INSTANT) where it exists, else the
 averaged nvmlDeviceGetPowerUsage. On an H100 both lag the load and repeat one value for hundreds
@@ -41,6 +42,16 @@ def open_devices(indices: Sequence[int]) -> list:
     except pynvml.NVMLError as e:
         pynvml.nvmlShutdown()
         raise NvmlUnavailable(f"no NVML handle for CUDA devices {list(indices)}: {e}") from e
+
+
+def all_devices() -> list:
+    """NVML handles of every GPU of the host, by NVML index: for env.json of a process that must not
+    initialise CUDA (the sweep's parent). The caller shuts NVML down."""
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        raise NvmlUnavailable(f"NVML did not initialise: {e}") from e
+    return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
 
 
 def _handle(index: int):
@@ -205,6 +216,8 @@ def gpu_facts(handles: Sequence, readers: Sequence[dict]) -> dict:
             "sm_clock_max_mhz": get(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
             "mem_clock_max_mhz": get(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM),
             "persistence_mode": get(pynvml.nvmlDeviceGetPersistenceMode, h),
+            "mig_mode": (get(pynvml.nvmlDeviceGetMigMode, h) or [None])[0],
+            "ecc_mode": (get(pynvml.nvmlDeviceGetEccMode, h) or [None])[0],
             "temp_c": get(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
             "power_field": {_power_instant: "instant", _power_average: "average"}.get(power),
             "energy_counter": "energy" in readers_of,
