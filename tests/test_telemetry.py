@@ -1,12 +1,9 @@
 """Telemetry aggregation on NVML sample sequences, and the whole point path without a GPU.
 
-The sequences come from `Gpu`, a model of what NVML reports on an H100: a true power draw, an
-energy counter that integrates it but is updated only every `counter_period_s`, and a power field
-that shows the draw `lag_s` late and repeats each value for `hold_s`.
+The sequences come from `Gpu` (tests/nvml_model.py), a model of what NVML reports on an H100.
 """
 
-import math
-import threading
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,42 +12,14 @@ import pynvml
 import pytest
 import torch
 
+import nvml_model
 from harness.telemetry import POINT_TELEMETRY_COLUMNS, TELEMETRY_COLUMNS, Telemetry, TelemetryConfig, energy, throttle
 from harness.telemetry.energy import Window
+from nvml_model import Gpu
 
 IDLE_W, PREFILL_W, DECODE_W = 70.0, 650.0, 380.0
 POWER_CAP = pynvml.nvmlClocksEventReasonSwPowerCap
 IDLE = pynvml.nvmlClocksEventReasonGpuIdle
-
-
-@dataclass
-class Gpu:
-    segments: list[tuple[float, float, int]]  # (start s, watts, clock-event mask) from there on
-    counter_period_s: float = 0.1
-    lag_s: float = 0.3
-    hold_s: float = 0.1
-    mem_gib: float = 14.0
-
-    def _segment(self, t):
-        return self.segments[max(0, np.searchsorted([s[0] for s in self.segments], t, side="right") - 1)]
-
-    def power(self, t):
-        return self._segment(t)[1]
-
-    def energy(self, t):  # J, the exact integral from 0
-        total, starts = 0.0, [s[0] for s in self.segments] + [math.inf]
-        for (t0, w, _), t1 in zip(self.segments, starts[1:]):
-            total += w * max(0.0, min(t, t1) - t0)
-        return total
-
-    def counter(self, t):
-        return self.energy(math.floor(t / self.counter_period_s) * self.counter_period_s)
-
-    def power_field(self, t):
-        return self.power(math.floor(max(0.0, t - self.lag_s) / self.hold_s) * self.hold_s)
-
-    def reasons(self, t):
-        return self._segment(t)[2]
 
 
 @dataclass
@@ -185,42 +154,21 @@ def test_throttle_reasons_decode_to_names():
 # --- the whole point path on a fake NVML that replays a Gpu against the wall clock ----------------
 
 class FakeNvml:
-    def __init__(self, gpu: Gpu, instant=True):
-        self.gpu, self.instant, self.t0 = gpu, instant, None
+    """The modelled GPU for this process (patched into pynvml) and for the sampling process (its
+    stand-in pynvml, through the environment)."""
 
-    def now(self):
-        import time
-        return time.perf_counter() - self.t0
+    def __init__(self, gpu: Gpu, instant=True):
+        self.gpu, self.instant = gpu, instant
 
     def install(self, monkeypatch):
         import time
-        from types import SimpleNamespace as NS
 
-        def field_values(h, ids):
-            if not self.instant:
-                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-            return [NS(nvmlReturn=pynvml.NVML_SUCCESS, value=NS(uiVal=int(self.gpu.power_field(self.now()) * 1e3)))]
-
-        def init():
-            self.t0 = time.perf_counter()
-
-        fakes = {
-            "nvmlInit": init, "nvmlShutdown": lambda: None,
-            "nvmlDeviceGetHandleByIndex": lambda i: f"gpu{i}",
-            "nvmlDeviceGetFieldValues": field_values,
-            "nvmlDeviceGetPowerUsage": lambda h: int(self.gpu.power_field(self.now()) * 1e3),
-            "nvmlDeviceGetTotalEnergyConsumption": lambda h: int(self.gpu.counter(self.now()) * 1e3),
-            "nvmlDeviceGetMemoryInfo": lambda h: NS(used=int(self.gpu.mem_gib * 2**30), total=80 * 2**30),
-            "nvmlDeviceGetUtilizationRates": lambda h: NS(gpu=97, memory=60),
-            "nvmlDeviceGetClockInfo": lambda h, c: 1980 if c == pynvml.NVML_CLOCK_SM else 2619,
-            "nvmlDeviceGetTemperature": lambda h, s: 51,
-            "nvmlDeviceGetCurrentClocksEventReasons": lambda h: self.gpu.reasons(self.now()),
-            "nvmlDeviceGetName": lambda h: "NVIDIA H100 80GB HBM3",
-            "nvmlSystemGetDriverVersion": lambda: "580.82",
-            "nvmlSystemGetCudaDriverVersion_v2": lambda: 13000,
-        }
-        for name, fn in fakes.items():
+        t0 = time.perf_counter()
+        for name, fn in nvml_model.fakes(pynvml, self.gpu, t0, self.instant).items():
             monkeypatch.setattr(pynvml, name, fn)
+        monkeypatch.setenv(nvml_model.ENV, nvml_model.environment(self.gpu, t0, self.instant))
+        path = [str(nvml_model.STAND_IN), str(nvml_model.STAND_IN.parents[1]), os.environ.get("PYTHONPATH", "")]
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
 
 
 def run_point(tel, point_id="p0", repeats=2, decode_steps=4, profile=False):
@@ -248,16 +196,21 @@ def _sleep(s):
     time.sleep(s)
 
 
-def test_point_without_nvml_is_all_null(tmp_path):
+def test_point_without_nvml_is_all_null(tmp_path, monkeypatch):
+    def no_library():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)  # as on a machine without a GPU driver
     tel = Telemetry({"nvml": True, "period_ms": 20, "profile": "first", "profile_steps": 2, "nvtx": True},
                     trace_dir=tmp_path)
-    assert tel.env()["nvml"].startswith("unavailable: ")  # no NVML library on the CI machine
+    assert tel.env()["nvml"].startswith("unavailable: NVML did not initialise")
     assert tel.profiles("p0")
     pt = run_point(tel, profile=True)
     assert not tel.profiles("p1")
     cols = pt.columns(decode_tokens=8)
     assert set(cols) == set(POINT_TELEMETRY_COLUMNS)
-    assert all(v is None for v in cols.values()), cols
+    assert all(v is None for k, v in cols.items() if k != "torch_peak_gib"), cols
+    assert (cols["torch_peak_gib"] is None) == (not torch.cuda.is_initialized())  # the allocator's, without NVML
     assert pt.samples().empty and list(pt.samples()) == list(TELEMETRY_COLUMNS)
     assert [w.phase for w in pt.windows] == ["prefill", "decode"] * 2
     assert all(w.duration_s > 0 for w in pt.windows)
@@ -277,11 +230,13 @@ def test_point_with_nvml(monkeypatch):
     tel = Telemetry({"nvml": True, "period_ms": 10, "profile": "off", "profile_steps": 2, "nvtx": False})
     env = tel.env()
     assert env["gpu_name"] == "NVIDIA H100 80GB HBM3" and env["gpus"][0]["power_field"] == "instant"
-    assert env["cuda_driver_version"] == "13.0" and env["gpus"][0]["uuid"] is None  # unanswered -> null
+    assert env["cuda_driver_version"] == "13.0" and env["gpus"][0]["pci_bus_id"] is None  # unanswered -> null
     pt = run_point(tel, decode_steps=5)
-    assert not any(t.name == "nvml_sampler" for t in threading.enumerate())  # it ran with the point only
+    sampler = tel.sampler.proc
+    assert sampler.poll() is None  # one sampling process per worker, idle between points
     cols = pt.columns(decode_tokens=10)
     tel.close()
+    assert sampler.poll() == 0
     decode_s = sum(w.duration_s for w in pt.windows if w.phase == "decode")
     assert cols["energy_source"] in ("counter", "prefill=power_x_time,decode=counter")
     assert cols["decode_energy_j"] == pytest.approx(DECODE_W * decode_s, rel=0.1)
@@ -307,12 +262,26 @@ def test_point_with_averaged_power_and_idle_gpu_is_not_throttled(monkeypatch):
     assert cols["energy_j_per_tok"] is None  # no token count given
 
 
+def test_a_sampling_process_that_dies_leaves_the_point_with_null_telemetry(monkeypatch, capsys):
+    FakeNvml(Gpu([(0.0, DECODE_W, 0)], counter_period_s=0.01)).install(monkeypatch)
+    tel = Telemetry({"period_ms": 10})
+    with tel.point("p0") as pt:
+        with pt.phases("decode"):
+            tel.sampler.proc.kill()
+    assert "telemetry: point p0: the NVML sampling process exited with code -9" in capsys.readouterr().err
+    assert pt.samples().empty and pt.columns()["power_w_mean"] is None and pt.windows[0].duration_s > 0
+    assert tel.sampler is None
+    with tel.point("p1") as pt:  # later points run without telemetry
+        pass
+    tel.close()
+
+
 def test_nvml_off_starts_nothing(monkeypatch):
     monkeypatch.setattr(pynvml, "nvmlInit", lambda: pytest.fail("NVML initialised with telemetry.nvml false"))
     tel = Telemetry({"nvml": False})
     assert tel.env() == {"nvml": "unavailable: telemetry.nvml is false"}
     with tel.point("p") as pt:
-        assert pt._sampler is None
+        assert tel.sampler is None and not pt._sampling
     tel.close()
 
 

@@ -64,10 +64,9 @@ def test_real_point_columns_samples_and_kernels(tmp_path):
     assert env["nvml"] == "ok" and env["gpu_count"] == 1 and env["gpus"][0]["energy_counter"]
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     with tel.point("p0", profile=True) as pt:
-        for _ in range(2):
+        for _ in range(2):  # phases of equal length: the power field's lag moves as much in as out
             with pt.phases("prefill"):
-                for _ in range(300):
-                    a @ a
+                matmul_loop(1.5, 4096)
             with pt.phases("decode"):
                 decode_like(a, 1.5)
         with pt.profile():

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from harness.telemetry.kernel_categories import CATEGORIES, categorize
-from harness.telemetry.kernel_timeline import enclosing_ranges, kernel_table, load_trace, outermost
+from harness.telemetry.kernel_timeline import (OVERLAP_TID, enclosing_ranges, kernel_table, load_trace, nest,
+                                               nest_trace, outermost)
 
 HOST, DEVICE = {"pid": 100, "tid": 100}, {"pid": 0, "tid": 7}
 
@@ -126,3 +127,28 @@ def test_load_trace_reads_gzip(tmp_path):
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": trace().events}, f)
     assert load_trace(path) == trace().events
+
+
+def test_overlapping_kernels_of_a_stream_move_to_a_lane_where_they_nest(tmp_path):
+    """As on the H100: cuBLASLt's split-K reduce starts (PDL) 2 us before its GEMM ends."""
+    t = Trace()
+    t.events.append({"ph": "M", "name": "thread_name", "pid": 0, "tid": 7, "args": {"name": "stream 7 "}})
+    t.range("decode", 0, 100)
+    t.kernel("nvjet_sm90_tst_splitK", 1, 10, 5)
+    t.kernel("cublasLt::splitKreduce_kernel", 4, 13, 2.3)  # 10-15 and 13-15.3: neither holds the other
+    t.kernel("later", 7, 20, 5)
+    t.kernel("inside_later", 10, 21, 2)  # nested: stays
+    path = tmp_path / "trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": t.events, "displayTimeUnit": "ms"}, f)
+    events = nest_trace(path)
+    assert load_trace(path) == events and json.load(gzip.open(path, "rt"))["displayTimeUnit"] == "ms"
+    tid = {e["name"]: e["tid"] for e in events if e.get("cat") == "kernel"}
+    assert tid == {"nvjet_sm90_tst_splitK": 7, "cublasLt::splitKreduce_kernel": 7 + OVERLAP_TID, "later": 7,
+                   "inside_later": 7}
+    assert {"ph": "M", "name": "thread_name", "pid": 0, "tid": 7 + OVERLAP_TID,
+            "args": {"name": "stream 7 (overlapping, 1)"}} in events
+    assert len(events) == len(t.events) + 1
+    assert nest(events) == events  # already nested: unchanged
+    decode = kernel_table(events, ["decode"]).set_index("kernel")  # the table still counts every kernel
+    assert decode.loc["cublasLt::splitKreduce_kernel", "total_ms"] == pytest.approx(0.0023)

@@ -20,6 +20,7 @@ is None and env() says why; phases still time and mark ranges, and the profiler 
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch.profiler import ProfilerActivity, record_function
 
 from harness.telemetry import energy, nvml_sampler, nvtx_ranges, throttle
 from harness.telemetry.energy import Window
-from harness.telemetry.kernel_timeline import kernel_table, load_trace
+from harness.telemetry.kernel_timeline import kernel_table, nest_trace
 from harness.telemetry.nvtx_ranges import nvtx_range
 
 MEASURED = ("prefill", "decode")  # the phases the point columns describe
@@ -61,7 +62,7 @@ class TelemetryConfig:
     nvml: bool = True
     period_ms: float = 20.0
     profile: str | tuple[str, ...] = "off"  # off | first | all | point ids
-    profile_steps: int = 8
+    profile_steps: int = 32
     nvtx: bool = True
 
     @classmethod
@@ -99,6 +100,7 @@ class Telemetry:
         self.t0 = time.perf_counter()
         self.handles: list = []
         self.readers: list[dict] = []
+        self.sampler: nvml_sampler.NvmlSampler | None = None
         self.profiled = 0
         nvtx_ranges.set_enabled(self.cfg.nvtx)
         indices = [device_index] if isinstance(device_index, int) else list(device_index)
@@ -106,12 +108,15 @@ class Telemetry:
         if self.cfg.nvml:
             try:
                 self.handles = nvml_sampler.open_devices(indices)
+                self.sampler = nvml_sampler.NvmlSampler(self.handles, self.cfg.period_ms / 1e3)
             except nvml_sampler.NvmlUnavailable as e:
+                self.close()
                 self.unavailable = f"unavailable: {e}"
         self.readers = [nvml_sampler.supported_readers(h) for h in self.handles]
 
     def clock(self) -> float:
-        """Seconds since this Telemetry started, the clock of samples and phase markers."""
+        """Seconds since this Telemetry started, the clock of samples and phase markers (the
+        sampling process stamps time.perf_counter(), the same clock host-wide)."""
         return time.perf_counter() - self.t0
 
     def env(self) -> dict:
@@ -132,6 +137,9 @@ class Telemetry:
         return nvml_sampler.read_energy_j(self.handles, self.readers)
 
     def close(self):
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
         if self.handles:
             pynvml.nvmlShutdown()
             self.handles = []
@@ -146,7 +154,7 @@ class PointTelemetry:
         self.profile_windows: list[Window] = []
         self._in_profile = False
         self._rows: list[dict] = []
-        self._sampler: nvml_sampler.NvmlSampler | None = None
+        self._sampling = False
         self._kernels: pd.DataFrame | None = None
         self._torch_peak_gib: float | None = None
         self.t_start = 0.0
@@ -155,23 +163,22 @@ class PointTelemetry:
         if torch.cuda.is_initialized():
             torch.cuda.reset_peak_memory_stats()
         self.t_start = self.tel.clock()
-        if self.tel.handles:
-            self._sampler = nvml_sampler.NvmlSampler(self.tel.handles, self.tel.readers,
-                                                     self.tel.cfg.period_ms / 1e3, self.tel.clock)
+        if self.tel.sampler is not None:
+            self.tel.sampler.start()
+            self._sampling = True
         return self
 
     def __exit__(self, *exc):
-        if self._sampler is not None:
-            self._sampler.stop()
-            self._collect()
-            self._sampler = None
+        if self._sampling:
+            self._sampling = False
+            try:
+                self._rows = self.tel.sampler.stop()
+            except nvml_sampler.NvmlUnavailable as e:  # the point's timings stand; its telemetry is null
+                print(f"telemetry: point {self.point_id}: {e}", file=sys.stderr)
+                self.tel.sampler = None
         if torch.cuda.is_initialized():
             self._torch_peak_gib = torch.cuda.max_memory_allocated() / 2**30
         return False
-
-    def _collect(self):
-        if self._sampler is not None:
-            self._rows += self._sampler.drain()
 
     def _now(self) -> tuple[float, float | None]:
         return self.tel.clock() - self.t_start, self.tel.energy_j()
@@ -210,16 +217,16 @@ class PointTelemetry:
             else:
                 path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "trace.json.gz"
             prof.export_chrome_trace(str(path))
-            table = kernel_table(load_trace(path), phases, self.categorize)
+            table = kernel_table(nest_trace(path), phases, self.categorize)
         table.insert(0, "point_id", self.point_id)
         self._kernels = table
 
     def samples(self) -> pd.DataFrame:
         """telemetry.parquet rows: t_s in seconds since the point started, energy_j since the
         point's first sample of that GPU, phase the measured phase (or 'profiled') a sample fell in."""
-        self._collect()
         df = pd.DataFrame(self._rows, columns=["gpu", "t_s", *nvml_sampler.FIELDS])
-        df["t_s"] = df.t_s.astype(float) - self.t_start
+        df["t_s"] = df.t_s.astype(float) - self.tel.t0 - self.t_start
+        df["throttle_reasons"] = [None if pd.isna(m) else ",".join(throttle.decode(int(m))) for m in df.clock_event_mask]
         df["energy_j"] = df.energy_j.astype(float) - df.groupby("gpu").energy_j.transform("first")
         df["phase"] = energy.label_phases(df.t_s, self.windows + self.profile_windows)
         df.insert(0, "point_id", self.point_id)

@@ -9,6 +9,11 @@ kernel_categories), found through the launch's correlation id.
 
 A trace without GPU activity (a CPU run) is read the same way with the outermost CPU operators
 of each phase standing in for kernels, and the gap is the host's time outside any operator.
+
+Kernels on one stream can overlap: cuBLASLt launches its split-K reduce with programmatic
+dependent launch, so it starts before the GEMM it reduces ends. Perfetto wants the complete events
+of a thread (here: a stream) strictly nested, so `nest` moves each such event to a track of its own
+beside the stream before the trace is written.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import defaultdict
+from itertools import count
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -33,6 +39,51 @@ def load_trace(path: str | Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         return json.load(f)["traceEvents"]
+
+
+def nest_trace(path: str | Path) -> list[dict]:
+    """Rewrite the gzipped trace at `path` with its events nested (`nest`); returns the events."""
+    with gzip.open(path, "rt") as f:
+        trace = json.load(f)
+    trace["traceEvents"] = nest(trace["traceEvents"])
+    with gzip.open(path, "wt") as f:
+        json.dump(trace, f)
+    return trace["traceEvents"]
+
+
+OVERLAP_TID = 10**9  # lane k of thread t is thread t + k * OVERLAP_TID: above any Linux tid or stream id
+
+
+def nest(events: Sequence[dict]) -> list[dict]:
+    """The events, with each complete event that overlaps another of its thread without nesting in
+    it moved to the first overlap lane of that thread where it nests, named after the thread."""
+    out = [dict(e) for e in events]
+    names = {(e["pid"], e["tid"]): e["args"].get("name") for e in out
+             if e.get("ph") == "M" and e.get("name") == "thread_name" and isinstance(e.get("args"), dict)}
+    by_thread: dict[tuple, list[dict]] = defaultdict(list)
+    for e in out:
+        if e.get("ph") == "X" and isinstance(e.get("tid"), int):
+            by_thread[(e["pid"], e["tid"])].append(e)
+    lanes_used = set()
+    for (pid, tid), spans in by_thread.items():
+        open_ends: dict[int, list[float]] = defaultdict(list)  # lane -> end times of its open events
+        for e in sorted(spans, key=lambda e: (float(e["ts"]), -float(e.get("dur", 0)))):
+            ts, end = float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))
+            for lane in count():
+                stack = open_ends[lane]
+                while stack and stack[-1] <= ts:
+                    stack.pop()
+                if not stack or end <= stack[-1]:
+                    stack.append(end)
+                    break
+            if lane:
+                e["tid"] = tid + lane * OVERLAP_TID
+                lanes_used.add((pid, tid, lane))
+    for pid, tid, lane in sorted(lanes_used):
+        name = (names.get((pid, tid)) or f"thread {tid}").strip()
+        out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid + lane * OVERLAP_TID,
+                    "args": {"name": f"{name} (overlapping, {lane})"}})
+    return out
 
 
 def merge(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -1,27 +1,32 @@
-"""NVML: the GPUs a worker uses, their facts for env.json, and a background sampler.
+"""NVML: the GPUs a worker uses, their facts for env.json, and the sampling process.
 
-A sampler thread runs while a point runs and reads every `period_s` (one tick: the same
-timestamp for every GPU): power, the cumulative energy counter, memory used, utilisation, SM and
-memory clocks, temperature and the clock-event reasons. Timestamps come from the caller's clock (time.perf_counter relative to the
-worker's t0), the clock the phase markers use. The thread shares the GIL with the thread that
-launches GPU work: on an H100 it slowed an eager, launch-bound decode step by 8.7% at a 20 ms
-period (benchmarks/LOG.md; benchmarks/telemetry_overhead.py measures it).
+Sampling runs in a process of its own (this file is its script), not in a thread of the worker:
+a thread shares the GIL with the thread that launches GPU work, and on an H100 it slowed an
+eager, launch-bound decode step by 8.7% at a 20 ms period (benchmarks/LOG.md). The process reads
+every `period_s` (one tick: one timestamp for every GPU) power, the cumulative energy counter,
+memory used, utilisation, SM and memory clocks, temperature and the clock-event mask. Timestamps
+are time.perf_counter(), CLOCK_MONOTONIC on Linux: one clock for every process of the host, the
+clock the worker's phase markers use.
 
 Power: the driver's instantaneous field (NVML_FI_DEV_POWER_INSTANT) where it exists, else the
 averaged nvmlDeviceGetPowerUsage. On an H100 both lag the load and repeat one value for hundreds
 of ms while the energy counter moves, which is why phase energy comes from the counter
 (harness.telemetry.energy) and sampled power only fills the gaps the counter cannot.
+
+As the sampling process's script this module imports nothing beyond the standard library and
+pynvml at its top.
 """
 
 from __future__ import annotations
 
-import threading
+import json
+import select
+import subprocess
+import sys
 import time
 from typing import Callable, Sequence
 
 import pynvml
-
-from harness.telemetry import throttle
 
 GIB = 2**30
 
@@ -101,11 +106,11 @@ def _temperature(h) -> dict:
 
 
 def _reasons_event(h) -> dict:
-    return {"throttle_reasons": ",".join(throttle.decode(pynvml.nvmlDeviceGetCurrentClocksEventReasons(h)))}
+    return {"clock_event_mask": pynvml.nvmlDeviceGetCurrentClocksEventReasons(h)}
 
 
 def _reasons_throttle(h) -> dict:  # drivers before the "clocks event" rename
-    return {"throttle_reasons": ",".join(throttle.decode(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)))}
+    return {"clock_event_mask": pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)}
 
 
 # Per quantity, the readers to try in order: power and energy first, so that they sit closest to
@@ -120,7 +125,7 @@ READERS: list[tuple[str, tuple[Callable[..., dict], ...]]] = [
     ("throttle", (_reasons_event, _reasons_throttle)),
 ]
 FIELDS = ["power_w", "energy_j", "mem_used_gib", "gpu_util", "mem_util", "sm_clock_mhz", "mem_clock_mhz",
-          "temp_c", "throttle_reasons"]
+          "temp_c", "clock_event_mask"]
 
 
 def supported_readers(handle) -> dict[str, Callable[..., dict]]:
@@ -145,47 +150,100 @@ def read_energy_j(handles: Sequence, readers: Sequence[dict]) -> float | None:
 
 
 class NvmlSampler:
-    """A daemon thread, from construction to stop(), that appends one row per GPU per tick;
-    `drain()` hands them over."""
+    """The sampling process of a worker, from construction to close(): it samples the given GPUs
+    between start() and stop(), which returns the rows (one per GPU per tick), and idles otherwise."""
 
-    def __init__(self, handles: Sequence, readers: Sequence[dict], period_s: float, clock: Callable[[], float]):
-        self.handles, self.readers, self.period_s, self.clock = list(handles), list(readers), period_s, clock
-        self._rows: list[dict] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nvml_sampler", daemon=True)
-        self._thread.start()
+    def __init__(self, handles: Sequence, period_s: float):
+        uuids = [pynvml.nvmlDeviceGetUUID(h) for h in handles]
+        self.proc = subprocess.Popen([sys.executable, __file__, str(period_s), *uuids], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._expect("ready")
 
-    def _run(self):
-        next_t = time.perf_counter()
-        while not self._stop.wait(max(0.0, next_t - time.perf_counter())):
-            self._tick()
-            # a late tick is skipped, not made up with a burst: gaps show in power_valid
-            next_t = max(next_t + self.period_s, time.perf_counter())
+    def start(self):
+        self._send("start")
+        self._expect("started")
 
-    def _tick(self):
-        t = self.clock()
-        rows = []
-        for gpu, (handle, readers) in enumerate(zip(self.handles, self.readers)):
-            row = dict.fromkeys(FIELDS)
-            row.update(gpu=gpu, t_s=t)
-            for reader in readers.values():
-                try:
-                    row.update(reader(handle))
-                except pynvml.NVMLError:
-                    pass  # that field stays null for this tick
-            rows.append(row)
-        with self._lock:
-            self._rows.extend(rows)
+    def stop(self) -> list[dict]:
+        self._send("stop")
+        return json.loads(self._reply())
 
-    def drain(self) -> list[dict]:
-        with self._lock:
-            rows, self._rows = self._rows, []
-        return rows
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # end of input ends the process
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
-    def stop(self):
-        self._stop.set()
-        self._thread.join()
+    def _send(self, command: str):
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self._died()
+
+    def _reply(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            self._died()
+        return line
+
+    def _expect(self, word: str):
+        line = self._reply().strip()
+        if line != word:
+            raise NvmlUnavailable(f"the NVML sampling process answered {line[:200]!r}, expected {word!r}")
+
+    def _died(self):
+        self.proc.kill()
+        self.proc.wait()
+        err = self.proc.stderr.read().strip().splitlines()
+        raise NvmlUnavailable(f"the NVML sampling process exited with code {self.proc.returncode}: "
+                              f"{err[-1] if err else 'no message'}")
+
+
+def tick(handles: Sequence, readers: Sequence[dict]) -> list[dict]:
+    t = time.perf_counter()
+    rows = []
+    for gpu, (handle, readers_of) in enumerate(zip(handles, readers)):
+        row = dict.fromkeys(FIELDS)
+        row.update(gpu=gpu, t_s=t)
+        for reader in readers_of.values():
+            try:
+                row.update(reader(handle))
+            except pynvml.NVMLError:
+                pass  # that field stays null for this tick
+        rows.append(row)
+    return rows
+
+
+def serve(uuids: Sequence[str], period_s: float):
+    """The sampling process: commands `start` and `stop` on stdin, one line each, answered on
+    stdout (`started`; the rows since start as one JSON line); end of input ends it."""
+    pynvml.nvmlInit()
+    handles = [pynvml.nvmlDeviceGetHandleByUUID(u) for u in uuids]
+    readers = [supported_readers(h) for h in handles]
+    rows: list[dict] = []
+    sampling, next_t = False, 0.0
+    print("ready", flush=True)
+    while True:
+        wait = max(0.0, next_t - time.perf_counter()) if sampling else None
+        if select.select([sys.stdin], [], [], wait)[0]:
+            command = sys.stdin.readline().strip()
+            if command == "start":
+                rows, sampling, next_t = [], True, time.perf_counter()
+                print("started", flush=True)
+            elif command == "stop":
+                sampling = False
+                print(json.dumps(rows), flush=True)
+                rows = []
+            else:  # end of input: the worker closed the pipe, or died
+                break
+            continue
+        rows += tick(handles, readers)
+        # a late tick is skipped, not made up with a burst: gaps show in power_valid
+        next_t = max(next_t + period_s, time.perf_counter())
+    pynvml.nvmlShutdown()
 
 
 def gpu_facts(handles: Sequence, readers: Sequence[dict]) -> dict:
@@ -231,3 +289,7 @@ def gpu_facts(handles: Sequence, readers: Sequence[dict]) -> dict:
         "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None,
         "gpus": gpus,
     }
+
+
+if __name__ == "__main__":
+    serve(sys.argv[2:], float(sys.argv[1]))
