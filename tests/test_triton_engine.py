@@ -130,6 +130,11 @@ def test_kernel_categories():
     assert eng.kernel_category("_add_rmsnorm_kernel") == "norm"
     assert eng.kernel_category("_topk_kernel") == "router"
     assert eng.kernel_category("_combine_kernel") == "moe_gemm"
+    assert eng.kernel_category("_router_gemv_kernel") == eng.kernel_category("_router_dot_kernel") == "router"
+    # names seen on an H100 when the decode graph replays: cuBLAS QKV/O projections
+    assert eng.kernel_category("nvjet_sm90_tst_64x8_64x16_4x1_v_bz_splitK_bias_TNT") == "attention"
+    assert eng.kernel_category("void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>") == "attention"
+    assert eng.kernel_category("void cutlass::device_kernel<GemmUniversal<GroupProblemShape<>>>") == "moe_gemm"
     assert eng.kernel_category("void at::native::reduce_kernel") is None
 
 

@@ -4,12 +4,14 @@ Without CUDA the kernels run under TRITON_INTERPRET=1 (set by tests/conftest.py 
 imported); with CUDA the same tests run compiled.
 """
 
+import re
+
 import pytest
 import torch
 
 from backends.triton_mxfp4 import moe_kernels as K
 from backends.triton_mxfp4.moe import moe, moe_reference, prepare_experts
-from backends.triton_mxfp4.routing import route, route_reference
+from backends.triton_mxfp4.routing import route, route_reference, router_logits
 from harness.model.mxfp4 import quantize
 from harness.model.spec import get_spec
 
@@ -53,7 +55,7 @@ def tie_free_x(T, spec, router_w, router_b):
     """Activations whose bf16 router logits have no ties in any row (so top-k is unambiguous)."""
     while True:
         x = torch.randn(T, spec.hidden_size, device=DEV).bfloat16()
-        logits = torch.nn.functional.linear(x, router_w, router_b).float()
+        logits = router_logits(x, router_w, router_b).float()
         if (logits.sort(dim=-1).values.diff(dim=-1) > 0).all():
             return x
 
@@ -65,6 +67,20 @@ def rel_err(out, ref):
 def distinct_logits(T, E):
     """bf16 logits [T, E] with no ties in a row: a random permutation of 0..E-1 per row, halved."""
     return (torch.rand(T, E, device=DEV).argsort(dim=-1).float() * 0.5 - 1.0).bfloat16()
+
+
+@pytest.mark.parametrize("T,E,H", [(1, 32, 64), (5, 6, 1100), (17, 20, 96), (70, 128, 64)])
+def test_router_logits_are_the_linear_layer(T, E, H, poisoned):
+    x = torch.randn(T, H, device=DEV).bfloat16()
+    w = (torch.randn(E, H, device=DEV) / H ** 0.5).bfloat16()
+    b = torch.randn(E, device=DEV).bfloat16()
+    exact = x.double() @ w.double().T + b.double()
+    for tiles in (None, {"be": 2, "bk": 64}, {"bt": 16, "be": 16, "bk": 32}):  # the default and both kernels
+        out = router_logits(x, w, b, tiles)
+        assert out.dtype == torch.bfloat16 and out.shape == (T, E)
+        torch.testing.assert_close(out.double(), exact, rtol=2 ** -8, atol=1e-6)  # bf16 rounding of an fp32 sum
+    with pytest.raises(ValueError, match=re.escape(f"router: x ({T}, {H + 32}), weight ({E}, {H})")):
+        router_logits(torch.zeros(T, H + 32, device=DEV).bfloat16(), w, b)
 
 
 @pytest.mark.parametrize("T", [1, 3, 17, 64])
@@ -112,7 +128,7 @@ def test_grouped_kernels(T, tiles, poisoned):
     x = tie_free_x(T, spec, router_w, router_b)
     t = GROUPED_TILES[tiles]
     w1, w2 = prepare_experts(*gate_up, "gate_up"), prepare_experts(*down, "down")
-    r = route(torch.nn.functional.linear(x, router_w, router_b), spec.num_experts_per_tok)
+    r = route(router_logits(x, router_w, router_b), spec.num_experts_per_tok)
     y = K.down_grouped(K.gate_up_grouped(x, r, w1, spec, t), r, w2, spec, t)
     ref = moe_reference(x, router_w, router_b, gate_up, down, spec)
     assert not y.isnan().any()

@@ -7,6 +7,8 @@ but with the same kernels; CUDA graphs need a GPU.
 
 from __future__ import annotations
 
+import re
+
 from backends.triton_mxfp4 import interpret  # noqa: F401  (patches the interpreter before any kernel runs)
 
 import torch
@@ -28,6 +30,11 @@ def _kernels(module, category: str) -> dict[str, str]:
 
 KERNELS = {**_kernels(attention, "attention"), **_kernels(lm_head, "lm_head"), **_kernels(moe_kernels, "moe_gemm"),
            **_kernels(routing, "router"), "_add_rmsnorm_kernel": "norm", "_rope_kv_kernel": "rope"}
+# The engine's only cuBLAS GEMMs are the attention block's QKV and O projections (router and lm_head
+# are kernels of ours; bf16 experts run torch._grouped_mm's grouped CUTLASS GEMM). Replayed from a
+# CUDA graph a kernel carries no range, so these names are all that says what it computes.
+GROUPED_GEMM = re.compile(r"group", re.IGNORECASE)
+CUBLAS_GEMM = re.compile(r"nvjet|gemv|gemm|splitKreduce|xmma|cutlass", re.IGNORECASE)
 
 
 class TritonMxfp4(StepBackend):
@@ -69,7 +76,13 @@ class TritonMxfp4(StepBackend):
         return f"triton {triton.__version__}, torch {torch.__version__}"
 
     def kernel_category(self, kernel_name: str) -> str | None:
-        return KERNELS.get(kernel_name)
+        if kernel_name in KERNELS:
+            return KERNELS[kernel_name]
+        if GROUPED_GEMM.search(kernel_name):
+            return "moe_gemm"
+        if CUBLAS_GEMM.search(kernel_name):
+            return "attention"
+        return None
 
     def close(self) -> None:
         self.engine = None

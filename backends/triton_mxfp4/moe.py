@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from backends.triton_mxfp4 import moe_kernels as K
-from backends.triton_mxfp4.routing import route, route_reference
+from backends.triton_mxfp4.routing import route, route_reference, router_logits
 from harness.model.mxfp4 import BLOCK, dequantize
 from harness.model.spec import ModelSpec
 
@@ -81,7 +81,7 @@ def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up
     if x.stride(1) != 1:
         raise ValueError(f"moe: x rows must be contiguous, got strides {x.stride()}")
     with torch.profiler.record_function("moe.router"):
-        logits = F.linear(x, router_w, router_b)
+        logits = router_logits(x, router_w, router_b)
     if T * spec.num_experts_per_tok <= GEMV_READ_FACTOR * spec.unique_experts(T):
         with torch.profiler.record_function("moe.w1_swiglu"):
             h = K.gate_up_gemv(x, logits, gate_up, spec, GEMV_GATE_UP)

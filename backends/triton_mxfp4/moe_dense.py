@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import record_function
 
-from backends.triton_mxfp4.routing import route
+from backends.triton_mxfp4.routing import route, router_logits
 from harness.model.spec import ModelSpec
 
 
@@ -38,7 +37,7 @@ def moe_dense(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, g
     T, H = x.shape
     k, limit, alpha = spec.num_experts_per_tok, spec.swiglu_limit, spec.swiglu_alpha
     with record_function("moe.router"):
-        logits = F.linear(x, router_w, router_b)
+        logits = router_logits(x, router_w, router_b)
     with record_function("moe.routing"):
         r = route(logits, k)
         order = r.order.long()

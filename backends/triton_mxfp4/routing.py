@@ -1,5 +1,9 @@
-"""MoE routing on the GPU: top-k of the router logits, softmax over the selected logits, and the
-assignments (token, slot) grouped by expert, with the torch reference beside them.
+"""MoE routing on the GPU: the router's logits, top-k of them, softmax over the selected logits, and
+the assignments (token, slot) grouped by expert, with the torch reference beside them.
+
+The router GEMM is a kernel of its own rather than cuBLAS: replayed from a CUDA graph, a cuBLAS
+kernel carries no range that says what it computes, and its name (chosen by cuBLAS's heuristics)
+does not tell the router from the attention projections in a profile.
 
 Grouping is a counting sort in two launches, neither of which reads anything back to the host, so a
 decode step that routes can be captured in a CUDA graph:
@@ -16,6 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
+# Router tiles, the fastest of those timed on an H100 (benchmarks/bench_router.py, LOG.md): up to
+# ROUTER_GEMV_MAX_LOGITS logits one program per (token, expert) on CUDA cores (2.5 us a layer at one
+# token against cuBLAS's 6.1), then tensor-core tiles, smaller for decode batches than for prefill.
+ROUTER_GEMV_MAX_LOGITS = 4096
+ROUTER_GEMV = {"be": 1, "bk": 512}  # experts per program, inputs per step
+ROUTER_DOT_DECODE_MAX_T = 1024
+ROUTER_DOT_DECODE = {"bt": 16, "be": 32, "bk": 256}
+ROUTER_DOT_PREFILL = {"bt": 64, "be": 128, "bk": 128}  # be shrinks to the experts
 ROUTE_BLOCK_T = 32  # tokens per routing program: [32 * k, E] one-hot tiles stay small in registers
 HIST_CHUNK = 16  # histogram rows summed per step when a program gathers all blocks' counts
 
@@ -25,6 +37,59 @@ class Routing(NamedTuple):
     weights: torch.Tensor  # [T, k] fp32 softmax over the k selected logits
     offsets: torch.Tensor  # [E + 1] int32: expert e owns sorted rows offsets[e]:offsets[e+1]
     order: torch.Tensor  # [T * k] int32: sorted row -> assignment index token * k + slot
+
+
+@triton.jit
+def _router_gemv_kernel(X, W, B, Out, H: tl.constexpr, E: tl.constexpr, BE: tl.constexpr, BK: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BE + tl.arange(0, BE)
+    col_ok = cols < E
+    acc = tl.zeros([BE, BK], tl.float32)
+    for k0 in range(0, H, BK):
+        ks = k0 + tl.arange(0, BK)
+        x = tl.load(X + t * H + ks, mask=ks < H, other=0.0).to(tl.float32)
+        w = tl.load(W + cols[:, None] * H + ks[None, :], mask=col_ok[:, None] & (ks[None, :] < H), other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
+    out = tl.sum(acc, axis=1) + tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(Out + t * E + cols, out.to(Out.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _router_dot_kernel(X, W, B, Out, T, H: tl.constexpr, E: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
+                       BK: tl.constexpr):
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    cols = tl.program_id(1) * BE + tl.arange(0, BE)
+    row_ok, col_ok = rows < T, cols < E
+    acc = tl.zeros([BT, BE], tl.float32)
+    for k0 in range(0, H, BK):
+        ks = k0 + tl.arange(0, BK)
+        x = tl.load(X + rows[:, None].to(tl.int64) * H + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < H),
+                    other=0.0)
+        w = tl.load(W + cols[None, :] * H + ks[:, None], mask=col_ok[None, :] & (ks[:, None] < H), other=0.0)
+        acc = tl.dot(x, w, acc)
+    acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Out + rows[:, None].to(tl.int64) * E + cols[None, :], acc.to(Out.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+def router_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, tiles: dict | None = None) -> torch.Tensor:
+    """x [T, H] @ w[E, H]^T + b [E] -> [T, E] in x's dtype, accumulated in fp32 (F.linear's result).
+    tiles: by T unless given (benchmarks/bench_router.py times variants of both kernels)."""
+    T, H = x.shape
+    E = w.shape[0]
+    if w.shape != (E, H) or b.shape != (E,) or not (x.is_contiguous() and w.is_contiguous()):
+        raise ValueError(f"router: x {tuple(x.shape)}, weight {tuple(w.shape)}, bias {tuple(b.shape)} are not "
+                         f"contiguous [T, H], [E, H], [E]")
+    tiles = tiles or (ROUTER_GEMV if T * E <= ROUTER_GEMV_MAX_LOGITS else
+                      ROUTER_DOT_DECODE if T <= ROUTER_DOT_DECODE_MAX_T else ROUTER_DOT_PREFILL)
+    out = torch.empty((T, E), device=x.device, dtype=x.dtype)
+    if "bt" in tiles:
+        bt = min(tiles["bt"], max(16, triton.next_power_of_2(T)))
+        be = min(tiles["be"], max(16, triton.next_power_of_2(E)))
+        _router_dot_kernel[(triton.cdiv(T, bt), triton.cdiv(E, be))](x, w, b, out, T, H, E, bt, be, tiles["bk"])
+    else:
+        _router_gemv_kernel[(T, triton.cdiv(E, tiles["be"]))](x, w, b, out, H, E, tiles["be"], tiles["bk"])
+    return out
 
 
 @triton.jit

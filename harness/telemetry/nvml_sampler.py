@@ -1,8 +1,8 @@
 """NVML: the GPUs a worker uses, their facts for env.json, and the sampling process.
 
-Sampling runs in a process of its own (this file is its script), not in a thread of the worker:
-a thread shares the GIL with the thread that launches GPU work, and on an H100 it slowed an
-eager, launch-bound decode step by 8.7% at a 20 ms period (benchmarks/LOG.md). The process reads
+Sampling runs in a process of its own (this file is its script), not in a thread of the worker,
+so that it never holds the GIL of a worker whose engine launches kernels one by one from Python
+(on an H100 NVML-on moved a triton_mxfp4 decode step by -0.4%: benchmarks/LOG.md). The process reads
 every `period_s` (one tick: one timestamp for every GPU) power, the cumulative energy counter,
 memory used, utilisation, SM and memory clocks, temperature and the clock-event mask. Timestamps
 are time.perf_counter(), CLOCK_MONOTONIC on Linux: one clock for every process of the host, the
