@@ -11,6 +11,7 @@ from backends.torch_ref.model import Rotary
 from backends.triton_mxfp4.lm_head import lm_head, lm_head_ref
 from backends.triton_mxfp4.norm_rope import add_rmsnorm, add_rmsnorm_ref, rope_kv, rope_ref, rope_table
 from harness.model.spec import SPECS
+from test_triton_moe import routable_x
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 NAN = float("nan")
@@ -111,8 +112,8 @@ def test_moe_dense_matches_the_moe_reference(tokens):
 
     spec = SPECS["gpt-oss-tiny"]
     E, H, I = spec.num_local_experts, spec.hidden_size, spec.intermediate_size
-    x = randn(tokens, H)
     router_w, router_b = randn(E, H) / math.sqrt(H), 0.1 * randn(E)
+    x = routable_x(tokens, spec, router_w, router_b)
     mats = {}
     for kind, (n, k) in {"gate_up": (2 * I, H), "down": (H, I)}.items():
         blocks = torch.randint(0, 256, (E, n, k // 32, 16), device=DEV, dtype=torch.uint8)
