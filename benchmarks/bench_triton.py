@@ -181,7 +181,8 @@ def markdown(gpu, bandwidth, rate, load_s, rows, attention, command) -> str:
             continue
         t = r["kernels"]
         step = t["ms_per_step"].sum()
-        how = (f"{PROFILED} graph replays under torch.profiler (cuBLAS GEMMs show as other: a replay has no ranges); "
+        how = (f"{PROFILED} graph replays under torch.profiler (a replay has no ranges: kernels are sorted by name, "
+               f"the engine's cuBLAS GEMMs being its QKV/O projections); "
                f"the same step launched eagerly takes {r['eager_ms']:.3f} ms" if r["phase"] == "decode" else
                "one eager prefill under torch.profiler, GEMMs sorted by the range they ran in")
         out += ["", f"Kernel time of one {r['phase']} step, {r['model']} batch {r['batch']} context {r['context']} "
