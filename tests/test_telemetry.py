@@ -4,6 +4,7 @@ The sequences come from `Gpu` (tests/nvml_model.py), a model of what NVML report
 """
 
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,22 +154,15 @@ def test_throttle_reasons_decode_to_names():
 
 # --- the whole point path on a fake NVML that replays a Gpu against the wall clock ----------------
 
-class FakeNvml:
+def modelled_nvml(monkeypatch, gpu: Gpu, instant=True):
     """The modelled GPU for this process (patched into pynvml) and for the sampling process (its
     stand-in pynvml, through the environment)."""
-
-    def __init__(self, gpu: Gpu, instant=True):
-        self.gpu, self.instant = gpu, instant
-
-    def install(self, monkeypatch):
-        import time
-
-        t0 = time.perf_counter()
-        for name, fn in nvml_model.fakes(pynvml, self.gpu, t0, self.instant).items():
-            monkeypatch.setattr(pynvml, name, fn)
-        monkeypatch.setenv(nvml_model.ENV, nvml_model.environment(self.gpu, t0, self.instant))
-        path = [str(nvml_model.STAND_IN), str(nvml_model.STAND_IN.parents[1]), os.environ.get("PYTHONPATH", "")]
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
+    t0 = time.perf_counter()
+    for name, fn in nvml_model.fakes(pynvml, gpu, t0, instant).items():
+        monkeypatch.setattr(pynvml, name, fn)
+    monkeypatch.setenv(nvml_model.ENV, nvml_model.environment(gpu, t0, instant))
+    path = [str(nvml_model.STAND_IN), str(nvml_model.STAND_IN.parents[1]), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
 
 
 def run_point(tel, point_id="p0", repeats=2, decode_steps=4, profile=False):
@@ -180,7 +174,7 @@ def run_point(tel, point_id="p0", repeats=2, decode_steps=4, profile=False):
             with pt.phases("decode"):
                 for _ in range(decode_steps):
                     torch.nn.functional.rms_norm(lin(torch.randn(1, 32)), (32,))
-                    _sleep(0.03)
+                    time.sleep(0.03)
         if profile:
             with pt.profile():
                 with pt.phases("prefill"):
@@ -189,11 +183,6 @@ def run_point(tel, point_id="p0", repeats=2, decode_steps=4, profile=False):
                     for _ in range(decode_steps):
                         torch.nn.functional.rms_norm(lin(torch.randn(1, 32)), (32,))
     return pt
-
-
-def _sleep(s):
-    import time
-    time.sleep(s)
 
 
 def test_point_without_nvml_is_all_null(tmp_path, monkeypatch):
@@ -224,9 +213,7 @@ def test_point_without_nvml_is_all_null(tmp_path, monkeypatch):
 
 
 def test_point_with_nvml(monkeypatch):
-    s = Schedule()
-    fake = FakeNvml(Gpu([(0.0, DECODE_W, POWER_CAP)], counter_period_s=0.01, lag_s=0.0, hold_s=0.01))
-    fake.install(monkeypatch)
+    modelled_nvml(monkeypatch, Gpu([(0.0, DECODE_W, POWER_CAP)], counter_period_s=0.01, lag_s=0.0, hold_s=0.01))
     tel = Telemetry({"nvml": True, "period_ms": 10, "profile": "off", "profile_steps": 2, "nvtx": False})
     env = tel.env()
     assert env["gpu_name"] == "NVIDIA H100 80GB HBM3" and env["gpus"][0]["power_field"] == "instant"
@@ -253,7 +240,7 @@ def test_point_with_nvml(monkeypatch):
 
 
 def test_point_with_averaged_power_and_idle_gpu_is_not_throttled(monkeypatch):
-    FakeNvml(Gpu([(0.0, IDLE_W, IDLE)], counter_period_s=0.01), instant=False).install(monkeypatch)
+    modelled_nvml(monkeypatch, Gpu([(0.0, IDLE_W, IDLE)], counter_period_s=0.01), instant=False)
     tel = Telemetry({"period_ms": 10})
     assert tel.env()["gpus"][0]["power_field"] == "average"
     cols = run_point(tel, repeats=1).columns()
@@ -263,7 +250,7 @@ def test_point_with_averaged_power_and_idle_gpu_is_not_throttled(monkeypatch):
 
 
 def test_a_sampling_process_that_dies_leaves_the_point_with_null_telemetry(monkeypatch, capsys):
-    FakeNvml(Gpu([(0.0, DECODE_W, 0)], counter_period_s=0.01)).install(monkeypatch)
+    modelled_nvml(monkeypatch, Gpu([(0.0, DECODE_W, 0)], counter_period_s=0.01))
     tel = Telemetry({"period_ms": 10})
     with tel.point("p0") as pt:
         with pt.phases("decode"):
