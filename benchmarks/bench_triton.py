@@ -31,7 +31,7 @@ import torch
 import triton
 from torch.profiler import ProfilerActivity, record_function
 
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from backends.triton_mxfp4 import TritonMxfp4
 from backends.triton_mxfp4.attention import attention_decode, decode_splits
 from harness.model.spec import get_spec

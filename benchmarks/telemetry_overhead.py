@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.base import LoadRequest, StepBackend  # noqa: E402
+from harness.engine import LoadRequest, StepBackend  # noqa: E402
 from harness.telemetry import Telemetry, nvml_sampler  # noqa: E402
 
 MODES = {

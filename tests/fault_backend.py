@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from backends.base import DoesNotFit, LoadRequest, StepBackend
+from harness.engine import DoesNotFit, LoadRequest, StepBackend
 
 
 class FaultBackend(StepBackend):

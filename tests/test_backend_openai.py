@@ -13,7 +13,7 @@ import pytest
 import torch
 from aiohttp import web
 
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from backends.openai_endpoint import OpenAIEndpoint
 from backends.openai_endpoint.load import RequestRecord, arrival_times
 from backends.openai_endpoint.metrics import serving_columns

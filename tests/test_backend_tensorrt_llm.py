@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from backends.tensorrt_llm import TensorRTLLM, TensorRTLLMServe
 from backends.torch_ref import TorchRef
 from harness.model.spec import SPECS

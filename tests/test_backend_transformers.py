@@ -6,7 +6,7 @@ anything is written or allocated."""
 import pytest
 import torch
 
-from backends.base import DoesNotFit, LoadRequest
+from harness.engine import DoesNotFit, LoadRequest
 from backends.torch_ref import TorchRef
 from backends.transformers import Transformers
 from harness.model.bf16_checkpoint import bf16_checkpoint

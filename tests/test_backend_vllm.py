@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from backends.torch_ref import TorchRef
 from backends.vllm import paths
 from harness.model.spec import SPECS
@@ -58,7 +58,7 @@ def test_engine_path_and_memory_come_from_the_log():
 # Runs in vLLM's interpreter: load one backend, generate a point per batch size, report as JSON.
 DRIVER = """
 import json, os, signal, sys, torch
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from backends.vllm import VLLM, VLLMServe
 from harness.model.spec import SPECS
 

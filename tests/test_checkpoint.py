@@ -238,7 +238,7 @@ def test_every_problem_is_reported_at_once(sharded):
 # ---- open_weights -------------------------------------------------------------------------------
 
 def test_open_weights(sharded):
-    from backends.base import LoadRequest
+    from harness.model.load_request import LoadRequest
     from harness.model.synthetic import SyntheticWeights
     from harness.model.weights import open_weights
 

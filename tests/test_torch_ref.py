@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import backends.torch_ref.model as M
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from backends.torch_ref import TorchRef
 from harness.model import mxfp4
 from harness.model.spec import SPECS

@@ -10,9 +10,9 @@ import torch
 from transformers import GptOssConfig, GptOssForCausalLM, Mxfp4Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from backends.torch_ref import TorchRef
-from backends.torch_ref.model import yarn
+from harness.model.rope import yarn
 from harness.model.spec import SPECS
 
 TINY = SPECS["gpt-oss-tiny"]

@@ -8,7 +8,7 @@ import gc
 import pytest
 import torch
 
-from backends.base import DoesNotFit, LoadRequest
+from harness.engine import DoesNotFit, LoadRequest
 from backends.torch_ref import TorchRef
 from backends.triton_mxfp4 import TritonMxfp4
 from harness.model import mxfp4

@@ -22,7 +22,7 @@ import urllib.request
 import numpy as np
 import torch
 
-from backends.base import Backend, Generation, LoadRequest, Phases, no_phases
+from harness.engine import Backend, Generation, LoadRequest, Phases, no_phases
 from backends.openai_endpoint.load import RequestRecord, run_load
 from backends.openai_endpoint.metrics import serving_columns
 from backends.openai_endpoint.server import ServerProcess

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from backends.base import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
+from harness.engine import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
 from backends.openai_endpoint import OpenAIEndpoint
 from backends.openai_endpoint.server import HOST, ServerProcess, free_port
 from harness.model.bf16_checkpoint import engine_checkpoint

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from backends.base import DoesNotFit, LoadRequest, StepBackend
+from harness.engine import DoesNotFit, LoadRequest, StepBackend
 from backends.torch_ref.model import GptOss, KVCache
 from harness.model.spec import QUANT_MODES
 from harness.model.weights import open_weights

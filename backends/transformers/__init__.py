@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from backends.base import DoesNotFit, LoadRequest, StepBackend
+from harness.engine import DoesNotFit, LoadRequest, StepBackend
 from harness.model.checkpoint import Checkpoint
 from harness.model.spec import QUANT_MODES
 from harness.model.synthetic import synthetic_checkpoint

@@ -16,7 +16,7 @@ import triton
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from backends.base import DoesNotFit, LoadRequest, StepBackend
+from harness.engine import DoesNotFit, LoadRequest, StepBackend
 from backends.triton_mxfp4 import attention, lm_head, moe_kernels, routing
 from backends.triton_mxfp4.model import Transformer
 from harness.model.spec import QUANT_MODES

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from backends.torch_ref.model import yarn
+from harness.model.rope import yarn
 from harness.model.spec import ModelSpec
 
 

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from backends.base import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
+from harness.engine import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
 from backends.openai_endpoint import OpenAIEndpoint
 from backends.openai_endpoint.server import HOST, ServerProcess, free_port, log_summary
 from backends.vllm import paths

@@ -10,7 +10,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from harness.model import mxfp4
 from harness.model.checkpoint import Checkpoint, write_checkpoint
 from harness.model.synthetic import synthetic_checkpoint

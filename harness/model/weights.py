@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from backends.base import LoadRequest
+from harness.model.load_request import LoadRequest
 from harness.model.checkpoint import CONFIG, Checkpoint, CheckpointError
 from harness.model.synthetic import SyntheticWeights
 

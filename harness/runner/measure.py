@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from backends.base import Backend, Generation
+from harness.engine import Backend, Generation
 from harness.model.spec import ModelSpec
 from harness.runner.prompts import prompts
 

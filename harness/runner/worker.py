@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from backends.base import Backend, DoesNotFit, LoadRequest
+from harness.engine import Backend, DoesNotFit, LoadRequest
 from harness.model.spec import ModelSpec
 from harness.results import cpu_model
 from harness.runner.measure import agreement, measure

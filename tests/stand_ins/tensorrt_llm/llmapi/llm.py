@@ -104,7 +104,7 @@ class LLM:
 
 
 def _torch_ref(path: Path, max_seq_len: int):
-    from backends.base import LoadRequest
+    from harness.model.load_request import LoadRequest
     from backends.torch_ref import TorchRef
     from harness.model.checkpoint import Checkpoint
 

@@ -1,4 +1,4 @@
-"""The contract between the harness and an engine. A backend author reads this page.
+"""The contract between the harness and an engine (owned by the harness). A backend author reads this page.
 
 A backend is one class, named by `_target_` in one yaml under conf/backend/; the keys of that
 yaml besides `_target_` (and the harness's own `name`, `python`, `quants`) are passed to its
@@ -40,7 +40,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from harness.model.spec import ModelSpec
+from harness.model.load_request import LoadRequest
 from harness.telemetry.nvtx_ranges import nvtx_range
 
 Phases = Callable[[str], ContextManager]  # phases("prefill"): a context around one phase
@@ -57,20 +57,6 @@ class DoesNotFit(Exception):
         self.required_bytes, self.available_bytes = required_bytes, available_bytes
         super().__init__(f"does not fit: {what} need {required_bytes / 2**30:.1f} GiB, "
                          f"{available_bytes / 2**30:.1f} GiB available")
-
-
-@dataclass
-class LoadRequest:
-    """What to load. `checkpoint` is a directory in the HF layout; None means the engine may build
-    the seeded synthetic weights directly in device memory (harness.model.synthetic)."""
-    spec: ModelSpec
-    quant: str
-    checkpoint: Path | None
-    seed: int = 0
-    router_skew: float = 0.0
-    device: str = "cuda"
-    max_batch_size: int = 1  # the largest batch and sequence length of the group, for cache sizing
-    max_seq_len: int = 2048
 
 
 @dataclass
