@@ -9,7 +9,8 @@ random router, so routing is near uniform: the most experts a batch can touch. N
 are allocated and consecutive calls use consecutive layers, so weights stream from HBM as in a
 decode step, not from L2. Decode points are CUDA graphs of NL * REPEAT calls (launch gaps included,
 as the engine replays them); prefill runs eagerly. --sweep first times tile variants of each kernel.
-Imports only torch, triton, harness.model and the MoE modules (the GPU machine has no hydra/nvtx).
+Imports only torch, triton, harness.model, harness.analysis.calibration (the ceilings, measured as
+for the `mbu`/`mfu` columns) and the MoE modules (the GPU machine has no hydra/nvtx).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.modules.setdefault("backends.triton_mxfp4", _pkg)
 from backends.triton_mxfp4 import moe as M  # noqa: E402
 from backends.triton_mxfp4 import moe_kernels as K  # noqa: E402
 from backends.triton_mxfp4.routing import route  # noqa: E402
+from harness.analysis.calibration import copy_bandwidth, matmul_rate  # noqa: E402
 from harness.model.spec import get_spec  # noqa: E402
 
 REPEAT = 4
@@ -57,16 +59,6 @@ class Log:
             self.rows.append(row)
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-
-
-def ceilings():
-    n = 1 << 30
-    src = torch.randint(0, 256, (n,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * n / do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median") / 1e6
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    mm_tflops = 2 * 8192 ** 3 / do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median") / 1e9
-    return copy_gbs, mm_tflops
 
 
 def random_layer(spec, gen):
@@ -238,7 +230,7 @@ def main():
     args = ap.parse_args()
     log = Log(args.out)
     t0 = time.time()
-    copy_gbs, mm_tflops = ceilings()
+    copy_gbs, mm_tflops = copy_bandwidth() / 1e9, matmul_rate() / 1e12  # harness.analysis.calibration's ceilings
     log(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}: copy {copy_gbs:.0f} "
         f"GB/s (read + write), bf16 matmul 8192^3 {mm_tflops:.0f} TFLOP/s", kind="ceilings",
         gpu=torch.cuda.get_device_name(), copy_gbs=copy_gbs, mm_tflops=mm_tflops)

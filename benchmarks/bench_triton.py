@@ -4,7 +4,8 @@
         --decode 1x1024 1x131072 64x1024 256x1024 --prefill 1x8192 --out bench_20b.md
 
 In one run: the GPU's copy bandwidth (device-to-device, bytes read + written) and bf16 matmul
-rate; for each decode point (batch x context) the step time as the median of CUDA-graph replays
+rate, measured by harness.analysis.calibration (the ceilings of the `mbu` and `mfu` columns too);
+for each decode point (batch x context) the step time as the median of CUDA-graph replays
 and MBU = spec.decode_step_bytes / time / measured bandwidth, plus the step as the harness times
 it (engine.decode: token copy in, replay, token copy out); for each prefill point the time and
 MFU = spec.prefill_flops / time / measured matmul rate; kernel-time breakdowns (torch.profiler) of
@@ -31,6 +32,7 @@ import torch
 import triton
 from torch.profiler import ProfilerActivity, record_function
 
+from harness.analysis.calibration import copy_bandwidth, matmul_rate
 from harness.model.load_request import LoadRequest
 from backends.triton_mxfp4 import TritonMxfp4
 from backends.triton_mxfp4.attention import attention_decode, decode_splits
@@ -57,21 +59,6 @@ def median_ms(fn, reps: int) -> float:
         b.record()
     torch.cuda.synchronize()
     return statistics.median(a.elapsed_time(b) for a, b in events)
-
-
-def copy_bandwidth() -> float:
-    """Bytes per second of a 1 GiB device-to-device copy, read + write."""
-    x = torch.randint(0, 255, (1 << 30,), dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
-    return 2 * x.numel() / (ms * 1e-3)
-
-
-def matmul_rate() -> float:
-    """bf16 FLOP/s of an 8192^3 product on random data."""
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    ms = triton.testing.do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
-    return 2 * 8192 ** 3 / (ms * 1e-3)
 
 
 def start_decode(backend: TritonMxfp4, batch: int, context: int, steps: int) -> None:

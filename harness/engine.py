@@ -35,9 +35,9 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, ContextManager
 
+import pyarrow as pa
 import torch
 
 from harness.model.load_request import LoadRequest
@@ -48,6 +48,12 @@ Phases = Callable[[str], ContextManager]  # phases("prefill"): a context around 
 
 def no_phases(name: str) -> ContextManager:
     return contextlib.nullcontext()
+
+
+# The columns an engine fills through the contract: memory() and DoesNotFit.
+MEMORY_COLUMNS: dict[str, pa.DataType] = {
+    "weights_gib": pa.float64(), "kv_cache_gib": pa.float64(), "required_gib": pa.float64(),
+}
 
 
 class DoesNotFit(Exception):
@@ -68,9 +74,19 @@ class Generation:
 
 class Backend(ABC):
     quants: tuple[str, ...] = ("mxfp4", "bf16")
+    # Columns this engine adds to points.parquet (what `columns()` returns), name -> arrow type
+    # alias (float64, int64, string, bool); the harness's own columns are declared beside the code
+    # that fills them (harness.results.POINT_COLUMNS).
+    columns_schema: dict[str, str] = {}
 
     def __init__(self, **options):
         self.options = options
+
+    @classmethod
+    def problems(cls, quant: str, device: str, options: dict) -> list[str]:
+        """Why this engine cannot run `quant` on `device` with these options, where that is known
+        before anything runs (the sweep is refused with these lines); [] when nothing is known."""
+        return []
 
     @abstractmethod
     def load(self, request: LoadRequest) -> None: ...

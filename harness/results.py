@@ -1,4 +1,4 @@
-"""The files a run leaves behind (shared/design/RESULTS.md) and how to read them back.
+"""The files a run leaves behind (docs/results.md) and how to read them back.
 
 Column name -> pyarrow type. Units are the last part of a name; a value that cannot be measured
 here is null, never 0. Tables are written atomically (a temporary name, then a rename), so a
@@ -27,43 +27,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-POINT_COLUMNS: dict[str, pa.DataType] = {
-    # identity
+from harness import engine, telemetry
+from harness.analysis import roofline
+from harness.runner import measure
+
+IDENTITY_COLUMNS: dict[str, pa.DataType] = {  # filled by the group that runs the point (runner.group)
     "run_id": pa.string(), "point_id": pa.string(), "started_at": pa.string(), "backend": pa.string(),
     "backend_version": pa.string(), "engine_path": pa.string(), "model": pa.string(), "quant": pa.string(),
     "batch_size": pa.int64(), "context_len": pa.int64(), "new_tokens": pa.int64(), "repeats": pa.int64(),
     "seed": pa.int64(), "router_skew": pa.float64(), "gpu_name": pa.string(), "gpu_count": pa.int64(),
-    "hardware": pa.string(),
-    # outcome
+    "hardware": pa.string(), "device_mem_gib": pa.float64(),
     "status": pa.string(), "error": pa.string(),
-    # latency
-    "ttft_ms": pa.float64(), "prefill_tok_s": pa.float64(), "tpot_ms_mean": pa.float64(),
-    "tpot_ms_p50": pa.float64(), "tpot_ms_p90": pa.float64(), "tpot_ms_p99": pa.float64(),
-    "decode_tok_s": pa.float64(), "e2e_ms": pa.float64(), "cv": pa.float64(),
-    # memory
-    "weights_gib": pa.float64(), "kv_cache_gib": pa.float64(), "peak_mem_gib": pa.float64(),
-    "torch_peak_gib": pa.float64(), "required_gib": pa.float64(), "device_mem_gib": pa.float64(),
-    # power
-    "power_w_mean": pa.float64(), "power_w_max": pa.float64(), "prefill_energy_j": pa.float64(),
-    "decode_energy_j": pa.float64(), "energy_j_per_tok": pa.float64(), "energy_source": pa.string(),
-    "power_valid": pa.bool_(),
-    # clocks
-    "sm_clock_mhz_mean": pa.float64(), "throttled": pa.bool_(), "throttle_reasons": pa.string(),
-    # roofline
-    "decode_bytes_per_step": pa.float64(), "decode_flops_per_step": pa.float64(), "mbu": pa.float64(),
-    "mfu": pa.float64(), "prefill_mfu": pa.float64(), "bound": pa.string(),
-    # check
-    "agreement": pa.float64(), "agreement_positions": pa.int64(),
-    "agreement_forced": pa.bool_(),  # teacher-forced (true) or free-running (the engine cannot force)
     # provenance: the worker group that ran the point (its log is logs/<group>.log), its load time
     "group": pa.string(), "load_s": pa.float64(),
-    # serving: the OpenAI client's load and its metrics (docs/serving.md); null for other backends
-    "load_mode": pa.string(), "request_rate": pa.float64(), "concurrency": pa.int64(), "num_requests": pa.int64(),
-    "completed_requests": pa.int64(), "failed_requests": pa.int64(), "duration_s": pa.float64(),
-    "request_throughput_req_s": pa.float64(), "output_tok_s": pa.float64(), "total_tok_s": pa.float64(),
-    "goodput_req_s": pa.float64(), "ttft_ms_p50": pa.float64(), "ttft_ms_p99": pa.float64(),
-    "request_tpot_ms_mean": pa.float64(), "request_tpot_ms_p99": pa.float64(), "itl_ms_p50": pa.float64(),
-    "itl_ms_p90": pa.float64(), "itl_ms_p99": pa.float64(), "e2e_ms_p50": pa.float64(), "e2e_ms_p99": pa.float64(),
+}
+ROOFLINE_COLUMNS: dict[str, pa.DataType] = {c: pa.string() if c == "bound" else pa.float64() for c in roofline.COLUMNS}
+
+# Every column the harness fills, each group declared beside the code that fills it; a backend's
+# own columns (Backend.columns_schema: serving metrics, say) follow them in the files.
+POINT_COLUMNS: dict[str, pa.DataType] = {
+    **IDENTITY_COLUMNS, **measure.LATENCY_COLUMNS, **engine.MEMORY_COLUMNS, **telemetry.POINT_TELEMETRY_COLUMNS,
+    **ROOFLINE_COLUMNS, **measure.AGREEMENT_COLUMNS,
 }
 
 SAMPLE_COLUMNS: dict[str, pa.DataType] = {
@@ -105,30 +89,40 @@ def write_atomic(table: pa.Table, path: Path) -> None:
 
 
 def write_text_atomic(text: str, path: Path) -> None:
+    """As write_atomic, for text: a failed write (a full disk) leaves no temporary file behind."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_dirs(paths_or_globs: str | Path | Iterable[str | Path]) -> list[Path]:
     """Run folders named by paths or glob patterns: a run folder, a file inside one, or a folder
-    of run folders (results/). Raises FileNotFoundError naming a pattern that matches none."""
+    of run folders (results/). Each run once, whatever matches it twice (results/* matches the
+    runs and results/README.md, whose folder holds them again). Raises FileNotFoundError naming a
+    pattern that matches none."""
     if isinstance(paths_or_globs, (str, Path)):
         paths_or_globs = [paths_or_globs]
-    found: list[Path] = []
+    found: dict[Path, Path] = {}
     for pattern in paths_or_globs:
-        matches = sorted(glob.glob(os.path.expanduser(str(pattern)))) or []
         dirs = []
-        for m in map(Path, matches):
-            m = m.parent if m.is_file() else m
+        for m in map(Path, sorted(glob.glob(os.path.expanduser(str(pattern))))):
+            if m.is_file():
+                m = m.parent
+                if not (m / "points.parquet").is_file():
+                    continue  # a file beside the runs, not inside one
             dirs += [m] if (m / "points.parquet").is_file() else sorted(p.parent for p in m.glob("*/points.parquet"))
         if not dirs:
             raise FileNotFoundError(f"{pattern}: no run folder (a folder holding points.parquet) found")
-        found += [d for d in dirs if d not in found]
-    return found
+        for d in dirs:
+            found.setdefault(d.resolve(), d)
+    return list(found.values())
 
 
 def load(paths_or_globs: str | Path | Iterable[str | Path], table: str = "points") -> pd.DataFrame:

@@ -6,6 +6,7 @@ shape, the MoE path from vLLM's log, and a server that fails to start or dies mi
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,10 @@ def check_tokens(tokens, prompts, ref) -> float:
 @pytest.mark.slow
 @needs_vllm
 def test_offline_engine_at_two_batch_sizes(checkpoint, prompts, ref):
+    logs = set(Path(tempfile.gettempdir()).glob("vllm-*.log"))
     out = run_in_vllm("vllm", checkpoint, prompts, batches=(1, 2), options={"enforce_eager": True})
     assert "error" not in out, out["error"]
+    assert set(Path(tempfile.gettempdir()).glob("vllm-*.log")) <= logs  # the engine's log moved to the worker's
     assert out["version"].startswith("vllm 0.")
     for batch, point in zip((1, 2), out["points"]):
         greedy = check_tokens(point["tokens"], prompts, ref)

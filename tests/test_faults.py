@@ -18,7 +18,10 @@ def test_every_fault_is_a_status_and_the_sweep_goes_on(tmp_path):
                         huge={"does_not_fit": True})
     res = bench(tmp_path, search, *FAULT_POINT, "backend=fault,huge", "workload.batch_size=1,2,3,4,5,6,7",
                 "workload.timeout_s=5")
-    assert res.returncode == 0, res.stderr
+    # A nightly job must see failed points: exit 1, one line saying how many and how to opt out.
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == ("gptoss-bench: 11 of 14 points are not ok (error, oom, skipped, "
+                                                   "timeout); allow_failed_points=true makes that exit 0")
     [run] = run_dirs(tmp_path)
     df = pd.read_parquet(run / "points.parquet").set_index("point_id")
     fault = df[df.backend == "fault"].sort_values("batch_size")

@@ -1,6 +1,6 @@
 """The HTML report from synthetic run folders: sections present only with their data, escaping,
-several runs overlaid, the CLI. Values come from a small roofline model of a decode step, so the
-figures have the shapes real sweeps have."""
+several runs overlaid, runs that cannot be read left out by name, the CLI. Values come from a small
+roofline model of a decode step, so the figures have the shapes real sweeps have."""
 
 import json
 import math
@@ -15,7 +15,7 @@ import pytest
 from harness.report import figures, write_report
 from harness.report.cli import main
 from harness.report.page import SECTIONS
-from harness.report.runs import load_runs
+from harness.report.runs import NoReadableRun, load_runs
 from harness.results import POINT_COLUMNS
 
 BACKENDS = [("torch_ref", "bf16", 0.35), ("torch_ref", "mxfp4", 0.25), ("triton_mxfp4", "mxfp4", 0.7)]
@@ -118,7 +118,7 @@ MEASURED_ONLY = {"power", "energy", "roofline", "kernels", "agreement"}
 
 
 def _section_ids(html):
-    return set(re.findall(r'<section id="([\w-]+)"', html)) - {"run", "points"}
+    return set(re.findall(r'<section id="([\w-]+)"', html)) - {"findings", "run", "points"}
 
 
 def test_every_section_with_rich_data(tmp_path):
@@ -127,8 +127,8 @@ def test_every_section_with_rich_data(tmp_path):
     assert _section_ids(html) == ALL_SECTIONS
     assert html.count("Plotly.newPlot(") == len(ALL_SECTIONS)
     assert html.count("plotly.js v") == 1  # the library is inlined once, not per figure
-    assert 'id="agreement-banner"' in html and "triton_mxfp4 mxfp4 · batch 16 · context 2048: 87.5%" in html
-    assert "warning" in re.search(r'<div class="banner (\w+)"', html).group(1)
+    assert re.search(r'<li class="warning" data-kind="disagrees">gpt-oss-20b, batch 16, context 2,048: '
+                     r'triton_mxfp4 mxfp4 agrees with the reference on 87.5% of greedy tokens', html)
     table = html[html.index('<section id="points">'):html.index("</section>", html.index('<section id="points">'))]
     first_row = table[table.index("<tbody>"):].split("</tr>")[0]
     assert "status-error" in first_row and "triton compilation failed" in first_row  # failures first
@@ -141,7 +141,7 @@ def test_sections_absent_without_their_data(tmp_path):
     html = write_report([make_run(tmp_path, telemetry=False, kernels=False, measured=False)],
                         tmp_path / "r.html").read_text()
     assert _section_ids(html) == ALL_SECTIONS - MEASURED_ONLY
-    assert 'id="agreement-banner"' not in html
+    assert 'data-kind="disagrees"' not in html
     for absent in MEASURED_ONLY:
         assert f'href="#{absent}"' not in html
 
@@ -203,3 +203,37 @@ def test_cli_names_a_folder_that_is_not_a_run(tmp_path, capsys):
         main([str(tmp_path / "nothing")])
     assert exit_.value.code == 2
     assert "nothing: no run folder" in capsys.readouterr().err
+
+
+def test_unreadable_run_is_left_out_by_name(tmp_path, caplog):
+    good = make_run(tmp_path, "20250601T120000Z")
+    bad = make_run(tmp_path, "20250602T120000Z", "H200 SXM")
+    data = (bad / "points.parquet").read_bytes()
+    (bad / "points.parquet").write_bytes(data[:len(data) // 2])  # a copy cut short
+    runs = load_runs([good, bad])
+    assert [i.path for i in runs.infos] == [good]
+    [skipped] = runs.skipped
+    assert skipped.path == bad / "points.parquet" and "magic bytes" in skipped.reason
+    assert f"{bad / 'points.parquet'}" in caplog.text
+    html = write_report([good, bad], tmp_path / "r.html").read_text()
+    header = html[html.index('id="skipped-runs"'):html.index('<section id="findings">')]
+    assert str(bad / "points.parquet") in header and "magic bytes" in header
+
+
+def test_no_readable_run_is_one_error_naming_each_file(tmp_path):
+    runs = [make_run(tmp_path, "20250601T120000Z"), make_run(tmp_path, "20250602T120000Z")]
+    (runs[0] / "points.parquet").write_bytes(b"not parquet")
+    (runs[1] / "points.parquet").write_bytes(b"")
+    with pytest.raises(NoReadableRun) as error:
+        write_report(runs, tmp_path / "r.html")
+    assert all(str(r / "points.parquet") in str(error.value) for r in runs)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_run_named_twice_is_reported_once(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    runs = load_runs([run, "results/*", f"results/{run.name}/points.parquet"])
+    assert len(runs.infos) == 1
+    assert runs.points["point_id"].is_unique

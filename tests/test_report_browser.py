@@ -1,7 +1,8 @@
 """The report in a real browser (headless Chromium via selenium): the report of a real tiny-model
 sweep and a rich synthetic one (every section, two runs) open without JavaScript errors, every
-figure drawn, a hostile hardware label shown as text; and the check itself catches a figure that
-does not draw. Screenshots land in the test's folder and in $GPTOSS_TEST_ARTIFACTS when set."""
+figure drawn, a hostile hardware label shown as text, the findings the first section and on the
+first screen; and the check itself catches a figure that does not draw. Screenshots land in the
+test's folder (their paths printed: `pytest -s` shows them) and in $GPTOSS_TEST_ARTIFACTS when set."""
 
 import os
 import re
@@ -18,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from harness.report import write_report
+from test_findings import record_run
 from test_report import ALL_SECTIONS, XSS, make_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,11 +66,13 @@ def open_report(driver, path: Path) -> list[str]:
     return problems
 
 
-def screenshot(driver, path: Path) -> None:
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1366, min(height, 16000))
+def screenshot(driver, path: Path, full_page: bool = True) -> None:
+    if full_page:
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1366, min(height, 16000))
     driver.save_screenshot(str(path))
     driver.set_window_size(1366, 900)
+    print(f"screenshot: {path}")
     if os.environ.get("GPTOSS_TEST_ARTIFACTS"):
         artifacts = Path(os.environ["GPTOSS_TEST_ARTIFACTS"])
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,23 @@ def screenshot(driver, path: Path) -> None:
 
 
 def section_ids(driver) -> set[str]:
-    return {s.get_attribute("id") for s in driver.find_elements(By.CSS_SELECTOR, "section")} - {"run", "points"}
+    return {s.get_attribute("id") for s in driver.find_elements(By.CSS_SELECTOR, "section")} - {"findings", "run", "points"}
+
+
+def findings_first_and_visible(driver) -> list[str]:
+    """What is wrong with the findings section as the page opens: not the first section, hidden, empty
+    or below the first screen."""
+    first = driver.find_elements(By.CSS_SELECTOR, "main section")[0]
+    if first.get_attribute("id") != "findings":
+        return [f"first section is {first.get_attribute('id')}"]
+    problems = [] if first.is_displayed() else ["findings hidden"]
+    shown = [li for li in first.find_elements(By.CSS_SELECTOR, "li") if li.is_displayed()]
+    if not shown:
+        problems.append("no finding shown")
+    top = driver.execute_script("return arguments[0].getBoundingClientRect().top", first)
+    if top > driver.execute_script("return window.innerHeight"):
+        problems.append("findings below the first screen")
+    return problems
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +119,7 @@ def sweep_report(tmp_path_factory):
 def test_sweep_report_renders(browser, sweep_report, tmp_path):
     assert open_report(browser, sweep_report) == []
     assert {"decode-throughput", "tpot", "ttft", "throughput-interactivity", "agreement"} <= section_ids(browser)
+    assert findings_first_and_visible(browser) == []
     assert XSS in browser.find_element(By.TAG_NAME, "body").text
     screenshot(browser, tmp_path / "report-sweep.png")
 
@@ -114,8 +135,25 @@ def synthetic_report(tmp_path_factory):
 def test_synthetic_report_renders(browser, synthetic_report, tmp_path):
     assert open_report(browser, synthetic_report) == []
     assert section_ids(browser) == ALL_SECTIONS
+    assert findings_first_and_visible(browser) == []
     assert XSS in browser.find_element(By.TAG_NAME, "body").text
     screenshot(browser, tmp_path / "report-synthetic.png")
+
+
+def test_findings_open_the_recorded_run(browser, tmp_path):
+    """Two models, two engines, an MXFP4 and bf16 pair, failed, throttled, noisy and disagreeing
+    points (tests/test_findings.py): the findings are the first thing the page shows."""
+    report = write_report([record_run(tmp_path / "results")], tmp_path / "findings.html")
+    assert open_report(browser, report) == []
+    assert findings_first_and_visible(browser) == []
+    findings = browser.find_element(By.ID, "findings")
+    kinds = {li.get_attribute("data-kind") for li in findings.find_elements(By.CSS_SELECTOR, "li")}
+    assert {"setup", "fastest", "quant", "path", "failed", "throttled", "disagrees", "noisy"} <= kinds
+    red = findings.find_elements(By.CSS_SELECTOR, "li.warning")
+    assert red and red[0].value_of_css_property("color") != findings.find_element(
+        By.CSS_SELECTOR, "li.info").value_of_css_property("color")
+    screenshot(browser, tmp_path / "report-findings-first-screen.png", full_page=False)
+    screenshot(browser, tmp_path / "report-findings.png")
 
 
 def test_check_catches_a_figure_that_does_not_draw(browser, synthetic_report, tmp_path):
@@ -130,4 +168,8 @@ def test_check_catches_a_figure_that_does_not_draw(browser, synthetic_report, tm
     problems = open_report(browser, tmp_path / "broken.html")
     assert "figure not rendered: roofline" in problems and any(p.startswith("console:") for p in problems)
     assert open_report(browser, tmp_path / "silent.html") == ["figure not rendered: tpot"]
+    moved = html.replace('<section id="findings">', '<section id="findings" hidden>')
+    (tmp_path / "moved.html").write_text(moved)
+    open_report(browser, tmp_path / "moved.html")
+    assert moved != html and findings_first_and_visible(browser) == ["findings hidden", "no finding shown"]
     assert open_report(browser, tmp_path / "alerting.html") == ["an alert opened: injected"]

@@ -4,14 +4,22 @@ and hangs; the measurement's numbers come from per-step samples."""
 import pytest
 
 from bench_cli import TESTS
+from dataclasses import replace
+
+from harness.config import BackendChoice, ModelChoice, TelemetryConfig, Workload
 from harness.model.spec import get_spec
+from harness.runner import messages as M
 from harness.runner.prompts import prompts
 from harness.runner.worker_process import WorkerDied, WorkerProcess, WorkerTimeout
 
-FAULT = {"_target_": "fault_backend.FaultBackend", "name": "fault", "python": None,
-         "faults": {"oom": 2, "kill": 3, "hang": 5}}
-WORKLOAD = {"batch_size": 1, "context_len": 8, "new_tokens": 5, "warmup": 1, "warmup_tokens": 2, "repeats": 3,
-            "seed": 0, "router_skew": 0.0, "timeout_s": 30, "load_timeout_s": 60}
+FAULT = BackendChoice("fault", "fault_backend.FaultBackend", options={"faults": {"oom": 2, "kill": 3, "hang": 5}})
+WORKLOAD = Workload(batch_size=1, context_len=8, new_tokens=5, warmup=1, warmup_tokens=2, repeats=3, seed=0,
+                    router_skew=0.0, timeout_s=30, load_timeout_s=60)
+
+
+def load(tmp_path) -> M.Load:
+    return M.Load(FAULT, ModelChoice("gpt-oss-tiny", None, "device"), "mxfp4", WORKLOAD, "cpu",
+                  TelemetryConfig(nvml=False, nvtx=False), str(tmp_path), None, 8, 16)
 
 
 @pytest.fixture
@@ -19,28 +27,23 @@ def worker(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     w = WorkerProcess(None, tmp_path / "worker.log")
     records = []
-    assert w.request(None, 60)["type"] == "hello"
-    loaded = w.request({"type": "load", "backend": FAULT, "model": {"name": "gpt-oss-tiny", "path": None,
-                                                                    "synthetic": "device"},
-                        "quant": "mxfp4", "workload": WORKLOAD, "device": "cpu",
-                        "telemetry": {"nvml": False, "nvtx": False}, "trace_dir": None, "cache_dir": str(tmp_path),
-                        "max_batch_size": 8, "max_seq_len": 16}, 60, records.append)
-    assert loaded["status"] == "ok" and loaded["backend_version"] == "fault 1"
-    facts = [r for r in records if r["type"] == "facts"]
+    assert isinstance(w.request(None, 60), M.Hello)
+    loaded = w.request(load(tmp_path), 60, records.append)
+    assert loaded.status == "ok" and loaded.data["backend_version"] == "fault 1"
+    facts = [r.facts for r in records if isinstance(r, M.Facts)]
     assert facts and facts[0]["device"] == "cpu" and facts[0]["gpu_name"] is None
     yield w
     w.kill()
 
 
-def point(w, batch, reference=None, timeout_s=30, **workload):
-    return w.request({"type": "point", "point_id": f"b{batch}", "workload": {**WORKLOAD, "batch_size": batch, **workload},
-                      "reference": reference}, timeout_s)
+def point(w, batch, reference=None, timeout_s=30, **workload) -> M.Result:
+    return w.request(M.RunPoint(f"b{batch}", replace(WORKLOAD, batch_size=batch, **workload), reference), timeout_s)
 
 
 def test_measurement_comes_from_every_step(worker):
     res = point(worker, 4)
-    assert res["status"] == "ok"
-    row, samples = res["row"], res["samples"]
+    assert res.status == "ok"
+    row, samples = res.data["row"], res.data["samples"]
     assert len(samples) == 3 * 4  # repeats x (new_tokens - 1)
     steps = sorted(s[2] for s in samples)
     assert row["tpot_ms_mean"] == pytest.approx(sum(steps) / len(steps))
@@ -49,7 +52,7 @@ def test_measurement_comes_from_every_step(worker):
     assert row["prefill_tok_s"] == pytest.approx(4 * 8 / (row["ttft_ms"] / 1e3))
     assert row["cv"] is not None and row["e2e_ms"] > row["ttft_ms"]
     assert "agreement" not in row
-    one = point(worker, 1, repeats=1)["row"]
+    one = point(worker, 1, repeats=1).data["row"]
     assert one["cv"] is None  # one repeat has no spread
 
 
@@ -58,21 +61,21 @@ def test_agreement_is_teacher_forced_against_the_reference(worker):
     own = [int(prompts(get_spec("gpt-oss-tiny"), 0, 8, 1).sum()) % 1024]
     for _ in range(3):
         own.append((31 * own[-1] + 7) % 1024)
-    same = point(worker, 1, reference=[own])["row"]
+    same = point(worker, 1, reference=[own]).data["row"]
     assert same["agreement"] == 1.0 and same["agreement_positions"] == 4 and same["agreement_forced"] is True
-    last = point(worker, 1, reference=[own[:3] + [own[3] + 1]])["row"]
+    last = point(worker, 1, reference=[own[:3] + [own[3] + 1]]).data["row"]
     assert last["agreement"] == 0.75
     # A wrong first token is fed back: the step after it disagrees too, the later ones agree again
     # (free-running, only the first position would differ).
-    first = point(worker, 1, reference=[[own[0] + 1] + own[1:]])["row"]
+    first = point(worker, 1, reference=[[own[0] + 1] + own[1:]]).data["row"]
     assert first["agreement"] == 0.5
 
 
 def test_oom_is_recovered_in_the_same_worker(worker):
     pid = worker.proc.pid
     res = point(worker, 2)
-    assert res["status"] == "oom" and "out of memory" in res["error"]
-    assert point(worker, 1)["status"] == "ok" and worker.proc.pid == pid
+    assert res.status == "oom" and "out of memory" in res.error
+    assert point(worker, 1).status == "ok" and worker.proc.pid == pid
 
 
 def test_death_names_the_signal_and_a_hang_times_out(worker, tmp_path, monkeypatch):
@@ -81,10 +84,7 @@ def test_death_names_the_signal_and_a_hang_times_out(worker, tmp_path, monkeypat
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     hung = WorkerProcess(None, tmp_path / "hung.log")
     hung.request(None, 60)
-    hung.request({"type": "load", "backend": FAULT, "model": {"name": "gpt-oss-tiny", "path": None,
-                                                              "synthetic": "device"},
-                  "quant": "mxfp4", "workload": WORKLOAD, "device": "cpu", "telemetry": {"nvml": False, "nvtx": False},
-                  "trace_dir": None, "cache_dir": str(tmp_path), "max_batch_size": 8, "max_seq_len": 16}, 60)
+    hung.request(load(tmp_path), 60)
     with pytest.raises(WorkerTimeout, match="no result after 2 s"):
         point(hung, 5, timeout_s=2)
     hung.kill()

@@ -84,3 +84,18 @@ def test_layer_pattern_window_and_unique_experts():
     assert s.unique_experts(1) == pytest.approx(4)
     assert s.unique_experts(1000) == pytest.approx(32)
     assert s.kv_cache_bytes(1, 1000) == 12 * (128 + 1000) * 2048
+
+
+def test_every_quant_mode_has_a_weight_format():
+    """mxfp4_mxfp8 reads the MXFP4 checkpoint: same tensors, config and bytes as mxfp4; bf16 differs."""
+    from harness.model.spec import QUANT_MODES, WEIGHT_FORMAT, weight_format
+
+    assert set(WEIGHT_FORMAT) == set(QUANT_MODES) and set(WEIGHT_FORMAT.values()) == {"mxfp4", "bf16"}
+    s = get_spec("gpt-oss-20b")
+    assert s.tensors("mxfp4_mxfp8") == s.tensors("mxfp4") != s.tensors("bf16")
+    assert s.to_hf_config("mxfp4_mxfp8") == s.to_hf_config("mxfp4")
+    for f in ("weight_bytes", "checkpoint_bytes", "expert_bytes"):
+        assert getattr(s, f)("mxfp4_mxfp8") == getattr(s, f)("mxfp4") < getattr(s, f)("bf16")
+    assert s.decode_step_bytes(8, 1024, "mxfp4_mxfp8") == s.decode_step_bytes(8, 1024, "mxfp4")
+    with pytest.raises(ValueError, match="quant='fp8': unknown quant mode"):
+        weight_format("fp8")

@@ -7,9 +7,11 @@ prompts sent at once, `concurrency` = `num_requests` = batch. A serving load set
 `request_rate` (open loop, Poisson, seeded by the point's seed; `concurrency` then caps the
 requests in flight). docs/serving.md defines the columns.
 
-What the harness gets: the tokens of the first successful request of each prompt, the mean TTFT,
-and per decode step the mean over requests of the gap between consecutive output tokens, from
-the arrival time of every streamed chunk. The serve modes of vLLM and TensorRT-LLM subclass this
+What the harness gets: the tokens of the first successful request of each prompt and, from the
+arrival of every streamed token of those requests, the batch-wide times every engine reports
+(harness.engine.stamped_generation: TTFT when every prompt has its first token, step i when every
+prompt has its token i). Means and percentiles over all requests are serving columns of their own
+(SERVING_COLUMNS). The serve modes of vLLM and TensorRT-LLM subclass this
 with a server they start themselves (`serve()`).
 """
 
@@ -17,18 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 
-import numpy as np
 import torch
 
-from harness.engine import Backend, Generation, LoadRequest, Phases, no_phases
+from harness.engine import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
 from backends.openai_endpoint.load import RequestRecord, run_load
-from backends.openai_endpoint.metrics import serving_columns
+from backends.openai_endpoint.metrics import SERVING_COLUMNS, serving_columns
 from backends.openai_endpoint.server import ServerProcess
 
 
 class OpenAIEndpoint(Backend):
+    columns_schema = SERVING_COLUMNS
+
     def __init__(self, url: str | None = None, model: str | None = None, extra_body: dict | None = None,
                  num_requests: int | None = None, concurrency: int | None = None, request_rate: float | None = None,
                  slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None,
@@ -81,6 +85,7 @@ class OpenAIEndpoint(Backend):
         batch = prompts.shape[0]
         num_requests = o["num_requests"] or batch
         concurrency = o["concurrency"] or (batch if o["request_rate"] is None else None)
+        start = time.perf_counter()  # run_load's clock: the requests are stamped with perf_counter
         records, duration_s = asyncio.run(run_load(
             self.url + "/v1/completions", self.model, prompts.tolist(), new_tokens, num_requests, concurrency,
             o["request_rate"], self.request.seed, o["request_timeout_s"], o["extra_body"]))
@@ -89,9 +94,9 @@ class OpenAIEndpoint(Backend):
             "concurrency": concurrency,
             **serving_columns(records, duration_s, {k: o[f"slo_{k}"] for k in ("ttft_ms", "tpot_ms", "e2el_ms")}),
         }
-        return self._generation(records, batch, new_tokens)
+        return self._generation(records, batch, new_tokens, start)
 
-    def _generation(self, records: list[RequestRecord], batch: int, new_tokens: int) -> Generation:
+    def _generation(self, records: list[RequestRecord], batch: int, new_tokens: int, start: float) -> Generation:
         ok = [r for r in records if r.ok]
         first = {}
         for r in ok:
@@ -102,12 +107,10 @@ class OpenAIEndpoint(Backend):
             failed = [r for r in records if not r.ok]
             raise RuntimeError(f"{len(failed)} of {len(records)} requests failed, {batch - len(first)} of {batch} "
                                f"prompts without an answer; first failure: {failed[0].error}")
+        answers = [first[i] for i in range(batch)]
         # A server that streams no token ids leaves the tokens unknown (-1): no agreement then.
-        tokens = torch.tensor([first[i].token_ids if first[i].token_ids else [-1] * new_tokens
-                               for i in range(batch)], dtype=torch.int64)
-        gaps = np.array([np.diff(r.token_s)[:new_tokens - 1] for r in ok if len(r.token_s) == new_tokens])
-        step_ms = (gaps.mean(0) * 1e3).tolist() if len(gaps) else []
-        return Generation(tokens, float(np.mean([r.ttft_s for r in ok])) * 1e3, step_ms)
+        tokens = [r.token_ids if r.token_ids else [-1] * len(r.token_s) for r in answers]
+        return stamped_generation(tokens, [r.token_s for r in answers], start, new_tokens)
 
     def columns(self) -> dict:
         """The serving load and its metrics, of the last generate (the point's last repeat)."""

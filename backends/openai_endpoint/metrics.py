@@ -10,6 +10,16 @@ import numpy as np
 from backends.openai_endpoint.load import RequestRecord
 
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
+# The serving backends' own columns of points.parquet (Backend.columns_schema): means and
+# percentiles over requests, beside the harness's batch-wide ttft_ms and tpot_ms_*.
+SERVING_COLUMNS = {
+    "load_mode": "string", "request_rate": "float64", "concurrency": "int64", "num_requests": "int64",
+    "completed_requests": "int64", "failed_requests": "int64", "duration_s": "float64",
+    "request_throughput_req_s": "float64", "output_tok_s": "float64", "total_tok_s": "float64",
+    "goodput_req_s": "float64", "request_ttft_ms_mean": "float64", "ttft_ms_p50": "float64", "ttft_ms_p99": "float64",
+    "request_tpot_ms_mean": "float64", "request_tpot_ms_p99": "float64", "itl_ms_p50": "float64",
+    "itl_ms_p90": "float64", "itl_ms_p99": "float64", "e2e_ms_p50": "float64", "e2e_ms_p99": "float64",
+}
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -40,7 +50,7 @@ def serving_columns(records: list[RequestRecord], duration_s: float, slo: dict[s
         "output_tok_s": sum(r.output_tokens for r in ok) / duration_s,
         "total_tok_s": sum(r.output_tokens + r.prompt_len for r in ok) / duration_s,
         "goodput_req_s": sum(_meets(r, slo) for r in ok) / duration_s if slo else None,
-        "ttft_ms_p50": _pct(ttft, 50), "ttft_ms_p99": _pct(ttft, 99),
+        "request_ttft_ms_mean": float(np.mean(ttft)) if ttft else None, "ttft_ms_p50": _pct(ttft, 50), "ttft_ms_p99": _pct(ttft, 99),
         "request_tpot_ms_mean": float(np.mean(tpot)) if tpot else None, "request_tpot_ms_p99": _pct(tpot, 99),
         "itl_ms_p50": _pct(itl, 50), "itl_ms_p90": _pct(itl, 90), "itl_ms_p99": _pct(itl, 99),
         "e2e_ms_p50": _pct(e2el, 50), "e2e_ms_p99": _pct(e2el, 99),

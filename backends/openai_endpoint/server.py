@@ -33,6 +33,18 @@ class ServerError(RuntimeError):
 
 
 _ERROR = re.compile(r"error|exception|traceback|fatal|killed|out of memory", re.IGNORECASE)
+# A line that says why an engine refused to start, wherever it stands in a long log; the generic
+# wrappers around it ("Engine core initialization failed") say nothing of the cause.
+_REASON = re.compile(r"\b(No \w[\w ]* supports|[A-Z]\w*(Error|Exception): \S)")
+_WRAPPER = re.compile(r"initialization failed|Failed core proc|see root cause above|Traceback|WARNING", re.IGNORECASE)
+
+
+def log_reason(text: str) -> str | None:
+    """The first line of an engine's log that says why it failed, or None."""
+    for line in text.splitlines():
+        if _REASON.search(line) and not _WRAPPER.search(line):
+            return line.strip()
+    return None
 
 
 def log_summary(tail: str, lines: int = 2) -> str:
@@ -93,11 +105,11 @@ class ServerProcess:
             return "".join(collections.deque(f, self.tail_lines)).strip()
 
     def fail(self, what: str):
-        """Stop the server and raise with its last log lines (the reason is usually there): the
-        telling ones on the first line, the whole tail after it."""
+        """Stop the server and raise with the log's line that says why (else its telling last
+        lines) first, the whole tail after it."""
+        tail, reason = self.tail(), log_reason(self.log_text())
         self.stop()
-        tail = self.tail()
-        raise ServerError(f"{self.name} {what}: {log_summary(tail)}\nlast log lines ({self.log_path}):\n{tail}")
+        raise ServerError(f"{self.name} {what}: {reason or log_summary(tail)}\nlast log lines:\n{tail}")
 
     def check(self) -> None:
         """After failed requests: raise if the server died (mid-point), then it is the reason.
@@ -126,6 +138,11 @@ class ServerProcess:
         deadline = time.monotonic() + grace_s
         while _signal_group(pgid, 0) and time.monotonic() < deadline:
             time.sleep(0.1)
+        self.proc = None
+        # The server's log moves into the worker's (the group's log) and leaves no file behind.
+        sys.stderr.write(self.log_text())
+        sys.stderr.flush()
+        self.log_path.unlink(missing_ok=True)
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

@@ -10,7 +10,6 @@ import torch
 
 from harness.engine import DoesNotFit, LoadRequest, StepBackend
 from backends.torch_ref.model import GptOss, KVCache
-from harness.model.spec import QUANT_MODES
 from harness.model.weights import open_weights
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -27,8 +26,8 @@ class TorchRef(StepBackend):
         self.cache: KVCache | None = None
 
     def load(self, request: LoadRequest) -> None:
-        if request.quant not in QUANT_MODES:
-            raise ValueError(f"torch_ref: quant={request.quant!r}, expected one of {QUANT_MODES}")
+        if request.quant not in self.quants:
+            raise ValueError(f"torch_ref: quant={request.quant!r}, expected one of {self.quants}")
         self.close()  # a previous group's model must not count against this one
         want = self.options["device"]
         if want == "auto":

@@ -16,7 +16,6 @@ import torch
 
 from harness.engine import DoesNotFit, LoadRequest, StepBackend
 from harness.model.checkpoint import Checkpoint
-from harness.model.spec import QUANT_MODES
 from harness.model.synthetic import synthetic_checkpoint
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -37,8 +36,8 @@ class Transformers(StepBackend):
     def load(self, request: LoadRequest) -> None:
         import transformers
 
-        if request.quant not in QUANT_MODES:
-            raise ValueError(f"transformers: quant={request.quant!r}, expected one of {QUANT_MODES}")
+        if request.quant not in self.quants:
+            raise ValueError(f"transformers: quant={request.quant!r}, expected one of {self.quants}")
         opts = self.options
         want = opts["device"]
         if want == "auto":

@@ -1,5 +1,6 @@
 """triton_mxfp4: the native engine, PyTorch glue plus Triton kernels, MXFP4 experts decoded in the
-kernels (model.py; kernels in attention.py, norm_rope.py, lm_head.py, moe.py).
+kernels (model.py; kernels in attention.py, norm_rope.py, lm_head.py, moe.py; MXFP8 activations
+for quant=mxfp4_mxfp8 in mxfp8.py).
 
 On a CPU it runs in Triton's interpreter (TRITON_INTERPRET=1, set before the first import), slowly
 but with the same kernels; CUDA graphs need a GPU.
@@ -38,6 +39,8 @@ CUBLAS_GEMM = re.compile(r"nvjet|gemv|gemm|splitKreduce|xmma|cutlass", re.IGNORE
 
 
 class TritonMxfp4(StepBackend):
+    quants = QUANT_MODES  # mxfp4_mxfp8 (MXFP8 activations x MXFP4 experts) is this engine's alone
+
     def __init__(self, cuda_graphs: bool = True, **options):
         super().__init__(cuda_graphs=cuda_graphs, **options)
         self.engine: Transformer | None = None

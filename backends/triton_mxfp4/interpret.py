@@ -1,14 +1,18 @@
-"""Two gaps of Triton 3.6's interpreter (TRITON_INTERPRET=1: how every kernel here runs on a CPU),
+"""Gaps of Triton 3.6's interpreter (TRITON_INTERPRET=1: how every kernel here runs on a CPU),
 patched on import, only when interpreting:
 
 - a run-time scalar that bounds a loop becomes a Python int through int(ndarray of shape (1,)),
   which NumPy 2.4 refuses: read the one element instead;
 - tl.dot multiplies bf16 operands as their uint16 bit patterns (NumPy has no bf16): widen them to
   fp32 first, which is exact;
-- fp32 -> bf16 casts truncate; the GPU rounds to nearest even, and so does this.
+- fp32 -> bf16 casts truncate; the GPU rounds to nearest even, and so does this;
+- fp32 -> fp8 e4m3 casts round half up on the truncated bits and mishandle e4m3's top exponent
+  (no infinities): torch's conversion rounds to nearest even as the GPU's cvt.rn.satfinite does
+  (the MXFP8 producers never pass it a value beyond 448, where the two would differ).
 """
 
 import numpy as np
+import torch
 import triton
 import triton.language as tl
 
@@ -42,7 +46,16 @@ def _patch() -> None:
         rounded = np.where(np.isnan(src.data), np.uint16(0x7FC0), rounded)
         return it.TensorHandle(rounded, tl.bfloat16)
 
+    fp_to_fp = it.InterpreterBuilder.create_fp_to_fp
+
+    def fp_to_fp_rounded(self, src, dst_type, rounding_mode):
+        if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.float8e4nv:
+            return fp_to_fp(self, src, dst_type, rounding_mode)
+        q = torch.from_numpy(np.ascontiguousarray(src.data, np.float32)).to(torch.float8_e4m3fn)
+        return it.TensorHandle(q.view(torch.uint8).numpy(), tl.float8e4nv)
+
     it._patch_lang_tensor = patch_lang_tensor
+    it.InterpreterBuilder.create_fp_to_fp = fp_to_fp_rounded
     it.InterpreterBuilder.create_dot = create_dot_widened
     it.InterpreterBuilder.cast_impl = cast_rounded
 

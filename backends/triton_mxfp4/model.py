@@ -6,6 +6,8 @@ One decode step, per layer (kernels in brackets; GEMMs through cuBLAS, bias in i
   [qkv GEMM] -> [rope_kv] rotate q, k in place, write k, v into the cache slot of this position
   [attention_decode (+ reduce)] split-K over the cache -> [o_proj GEMM]
   [add_rmsnorm] -> [moe: router GEMM, MXFP4 expert kernels (moe.py)]
+    (quant=mxfp4_mxfp8: where the MoE takes its grouped path, this add_rmsnorm also writes its
+    output in MXFP8, which the expert GEMMs read)
 then [add_rmsnorm] final norm -> [lm_head] fp32 logits -> [argmax]. Positions live in a device
 tensor that the step itself advances, so replays need nothing from the host.
 """
@@ -21,11 +23,13 @@ from torch.profiler import record_function
 
 from backends.triton_mxfp4.attention import KVCache, attention_decode, attention_prefill, decode_splits
 from backends.triton_mxfp4.lm_head import lm_head
-from backends.triton_mxfp4.moe import moe, prepare_experts
+from backends.triton_mxfp4 import mxfp8
+from backends.triton_mxfp4.moe import moe, prepare_experts, uses_gemv
+from backends.triton_mxfp4.mxfp8 import MxTensor
 from backends.triton_mxfp4.moe_dense import moe_dense, prepare_dense_experts
 from backends.triton_mxfp4.norm_rope import add_rmsnorm, rope_kv, rope_table
 from harness.model import mxfp4
-from harness.model.spec import ModelSpec
+from harness.model.spec import ModelSpec, weight_format
 from harness.telemetry.nvtx_ranges import nvtx_range
 
 MOE_TOKENS = 1 << 15  # prefill runs the MoE over at most this many tokens at once (bounds its buffers)
@@ -66,12 +70,13 @@ def _nbytes(obj) -> int:
 
 class Transformer:
     """GPT-OSS on Triton kernels. `source` is a Checkpoint or SyntheticWeights; `quant` is how the
-    experts run: 'mxfp4' (packed, decoded in the MoE kernels) or 'bf16' (dequantised at load, run
-    by torch's grouped GEMM: moe_dense)."""
+    experts run: 'mxfp4' (packed, decoded in the MoE kernels), 'mxfp4_mxfp8' (the same weights,
+    MXFP8 activations in the grouped GEMMs) or 'bf16' (dequantised at load, run by torch's grouped
+    GEMM: moe_dense)."""
 
     def __init__(self, source, quant: str, device: torch.device, cuda_graphs: bool = True):
         self.spec: ModelSpec = source.spec
-        self.device, self.quant = device, quant
+        self.device, self.quant, self.weight_format = device, quant, weight_format(quant)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         shapes = {name: shape for name, (shape, _) in self.spec.tensors(source.quant).items()}
 
@@ -81,7 +86,7 @@ class Transformer:
                 raise ValueError(f"tensor {name}: shape {tuple(t.shape)}, expected {shapes[name]} for {self.spec.name}")
             return t
 
-        self.moe = moe if quant == "mxfp4" else moe_dense
+        self.moe = moe if self.weight_format == "mxfp4" else moe_dense
         self.embed = get("model.embed_tokens.weight")
         self.layers = [self._load_layer(get, source.quant, i) for i in range(self.spec.num_hidden_layers)]
         self.norm = get("model.norm.weight")
@@ -98,7 +103,7 @@ class Transformer:
         for kind in ("gate_up", "down"):
             name = p + f"mlp.experts.{kind}_proj"
             bias = get(name + "_bias")
-            if self.quant == "mxfp4":
+            if self.weight_format == "mxfp4":
                 if source_quant == "mxfp4":
                     blocks, scales = get(name + "_blocks"), get(name + "_scales")
                 else:  # a bf16 checkpoint holds x @ W, [E, in, out]
@@ -166,12 +171,20 @@ class Transformer:
             return F.linear(a, L.o_w, L.o_b)
 
     def _moe(self, L: Layer, x, y) -> torch.Tensor:
+        T = x.shape[0]
+        t_mx = mxfp8.empty(T, self.spec.hidden_size, self.device) \
+            if self.quant == "mxfp4_mxfp8" and not uses_gemv(min(T, MOE_TOKENS), self.spec) else None
         with scope("mlp_norm"):
-            t = add_rmsnorm(x, y, L.mlp_norm, self.spec.rms_norm_eps)
-        if t.shape[0] <= MOE_TOKENS:
-            return self.moe(t, L.router_w, L.router_b, L.gate_up, L.down, self.spec)
-        return torch.cat([self.moe(c, L.router_w, L.router_b, L.gate_up, L.down, self.spec)
-                          for c in t.split(MOE_TOKENS)])
+            t = add_rmsnorm(x, y, L.mlp_norm, self.spec.rms_norm_eps, out_mx=t_mx)
+        if T <= MOE_TOKENS:
+            return self.moe(t, L.router_w, L.router_b, L.gate_up, L.down, self.spec, **self._mx(t_mx, 0, T))
+        return torch.cat([self.moe(t[i:i + MOE_TOKENS], L.router_w, L.router_b, L.gate_up, L.down, self.spec,
+                                   **self._mx(t_mx, i, i + MOE_TOKENS)) for i in range(0, T, MOE_TOKENS)])
+
+    @staticmethod
+    def _mx(t_mx: MxTensor | None, start: int, stop: int) -> dict:
+        """moe()'s MXFP8 argument for rows start:stop (none in the other modes)."""
+        return {} if t_mx is None else {"x_mx": t_mx.rows(start, stop)}
 
     def _head(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
         with scope("final_norm"):

@@ -12,6 +12,16 @@ be captured in a CUDA graph. The path is chosen from T and the spec alone:
            it streams that much faster than the grouped path (benchmarks/LOG.md, "MoE kernel");
   grouped  routing + grouping (2 launches), gate_up, down, combine on tensor cores: every touched
            expert is read once per row tile; tiles chosen by rows per expert.
+
+quant=mxfp4_mxfp8 (x_mx given): the grouped path multiplies MXFP8 activations (x_mx, quantised by
+the caller's add_rmsnorm epilogue; h, quantised in gate_up's epilogue) with the MXFP4 experts by
+tl.dot_scaled e4m3 x e2m1: block-scaled MMA on sm_100 (tcgen05.mma kind::mxf8f6f4), e4m3 x e4m3
+mma.sync kind::mxf8f6f4 on sm_120 (weights widened in registers, moe_kernels.E2M1_AS_E4M3_MAJORS),
+upcast to bf16 MMA on Hopper. The gemv path keeps bf16 activations: it runs one activation row at a
+time on CUDA cores, where no MMA (block-scaled or not) applies and the time goes to streaming and
+decoding the weights (LOG.md, "MoE kernel"); 8-bit activations would save H bytes per token against
+megabytes of experts and add a quantise step. So below the gemv threshold mxfp4_mxfp8 computes what
+mxfp4 computes, bit for bit.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from backends.triton_mxfp4 import moe_kernels as K
+from backends.triton_mxfp4 import mxfp8
+from backends.triton_mxfp4.mxfp8 import MxTensor
 from backends.triton_mxfp4.routing import route, route_reference, router_logits
 from harness.model.mxfp4 import BLOCK, dequantize
 from harness.model.spec import ModelSpec
@@ -31,6 +43,10 @@ GEMV_READ_FACTOR = 1.6
 GEMV_GATE_UP = K.GemvTiles(bn=32, bk=256)
 GEMV_DOWN = K.GemvTiles(bn=32, bk=512)
 DECODE = K.Tiles(bm=16, bn=32, bk=256, swap=True)
+# MXFP8 h is quantised in gate_up's epilogue: its column tiles must hold whole 32-groups of h (bn >= 64).
+# bn 128 puts 128 weight rows on the MMA's M side, the least that sm_100's block-scaled tcgen05.mma
+# takes (at bn 64 Triton upcasts there; benchmarks/fp4_codegen.py). down's 2880 rows fit bn 64 only.
+DECODE_MX = K.Tiles(bm=16, bn=128, bk=256, swap=True)
 PREFILL = K.Tiles(bm=128, bn=128, bk=64, swap=False, group_m=8, num_warps=4, num_stages=3)
 PREFILL_MIN_ROWS_PER_EXPERT = 32
 
@@ -71,9 +87,15 @@ def prepare_experts(w_blocks: torch.Tensor, w_scales: torch.Tensor, bias: torch.
                          bias.float().contiguous(), kind)
 
 
+def uses_gemv(tokens: int, spec: ModelSpec) -> bool:
+    """Whether moe() takes the gemv path at this many tokens."""
+    return tokens * spec.num_experts_per_tok <= GEMV_READ_FACTOR * spec.unique_experts(tokens)
+
+
 def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up: ExpertWeights,
-        down: ExpertWeights, spec: ModelSpec) -> torch.Tensor:
-    """x [T, H] bf16 -> [T, H] bf16, the routing-weighted sum of the top-k experts' outputs."""
+        down: ExpertWeights, spec: ModelSpec, x_mx: MxTensor | None = None) -> torch.Tensor:
+    """x [T, H] bf16 -> [T, H] bf16, the routing-weighted sum of the top-k experts' outputs.
+    x_mx: x in MXFP8 for the grouped path's GEMMs (mxfp4_mxfp8); the router and gemv read x."""
     T, H = x.shape
     if gate_up.k != H or down.n != H or down.k != gate_up.n // 2:
         raise ValueError(f"moe: x [T, {H}] does not chain gate_up [{gate_up.n}, {gate_up.k}] and "
@@ -82,7 +104,7 @@ def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up
         raise ValueError(f"moe: x rows must be contiguous, got strides {x.stride()}")
     with torch.profiler.record_function("moe.router"):
         logits = router_logits(x, router_w, router_b)
-    if T * spec.num_experts_per_tok <= GEMV_READ_FACTOR * spec.unique_experts(T):
+    if uses_gemv(T, spec):
         with torch.profiler.record_function("moe.w1_swiglu"):
             h = K.gate_up_gemv(x, logits, gate_up, spec, GEMV_GATE_UP)
         with torch.profiler.record_function("moe.w2_combine"):
@@ -90,25 +112,33 @@ def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up
     with torch.profiler.record_function("moe.routing"):
         routing = route(logits, spec.num_experts_per_tok)
     rows_per_expert = T * spec.num_experts_per_tok / gate_up.blocks.shape[0]
-    tiles = PREFILL if rows_per_expert >= PREFILL_MIN_ROWS_PER_EXPERT else DECODE
+    tiles = PREFILL if rows_per_expert >= PREFILL_MIN_ROWS_PER_EXPERT else DECODE if x_mx is None else DECODE_MX
     with torch.profiler.record_function("moe.w1_swiglu"):
-        h = K.gate_up_grouped(x, routing, gate_up, spec, tiles)
+        h = K.gate_up_grouped(x if x_mx is None else x_mx, routing, gate_up, spec, tiles)
     with torch.profiler.record_function("moe.w2_combine"):
         return K.down_grouped(h, routing, down, spec, tiles, x.dtype)
 
 
 def moe_reference(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up: tuple, down: tuple,
-                  spec: ModelSpec, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  spec: ModelSpec, dtype: torch.dtype = torch.float32, mxfp8_activations: bool = False) -> torch.Tensor:
     """The same function in plain torch, experts dequantised in `dtype`; gate_up and down are the
-    checkpoint's (blocks, scales, bias). Routing uses the same bf16 logits as moe()."""
+    checkpoint's (blocks, scales, bias). Routing uses the same bf16 logits as moe().
+    mxfp8_activations: both GEMMs' inputs pass through MXFP8 first (the grouped path of mxfp4_mxfp8)."""
+    act = (lambda a: mxfp8.dequantize(mxfp8.quantize_reference(a)).to(dtype)) if mxfp8_activations else \
+        (lambda a: a.to(dtype))
     logits = F.linear(x, router_w, router_b)
     ids, weights = route_reference(logits, spec.num_experts_per_tok)
     y = torch.zeros(x.shape, device=x.device, dtype=dtype)
     limit, alpha = spec.swiglu_limit, spec.swiglu_alpha
     for e in ids.unique().tolist():
         tok, slot = (ids == e).nonzero(as_tuple=True)
-        h = x[tok].to(dtype) @ dequantize(gate_up[0][e], gate_up[1][e], dtype).T + gate_up[2][e].to(dtype)
+        h = act(x[tok]) @ dequantize(gate_up[0][e], gate_up[1][e], dtype).T + gate_up[2][e].to(dtype)
         g, u = h[:, 0::2].clamp(max=limit), h[:, 1::2].clamp(-limit, limit)
-        out = (g * torch.sigmoid(alpha * g) * (u + 1)) @ dequantize(down[0][e], down[1][e], dtype).T
-        y.index_add_(0, tok, weights[tok, slot, None].to(dtype) * (out + down[2][e].to(dtype)))
+        w = weights[tok, slot, None].to(dtype)
+        if mxfp8_activations:  # the kernel quantises h with the routing weight applied
+            out = act(w * g * torch.sigmoid(alpha * g) * (u + 1)) @ dequantize(down[0][e], down[1][e], dtype).T
+            y.index_add_(0, tok, out + w * down[2][e].to(dtype))
+        else:
+            out = (g * torch.sigmoid(alpha * g) * (u + 1)) @ dequantize(down[0][e], down[1][e], dtype).T
+            y.index_add_(0, tok, w * (out + down[2][e].to(dtype)))
     return y

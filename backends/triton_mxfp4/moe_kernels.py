@@ -26,12 +26,20 @@ import torch
 import triton
 import triton.language as tl
 
+from backends.triton_mxfp4 import mxfp8
+from backends.triton_mxfp4.mxfp8 import MxTensor, _quantize_groups
 from backends.triton_mxfp4.routing import _load_logits, _top_k
 from harness.model.mxfp4 import BLOCK, E2M1_VALUES, SCALE_BIAS
 
 # The interpreter hands string literals to tl.dot_scaled unwrapped; constexpr globals work in both.
 E2M1 = tl.constexpr("e2m1")
+E4M3 = tl.constexpr("e4m3")
 BF16 = tl.constexpr("bf16")
+# GPU major versions whose Triton (3.6) lowers dot_scaled natively for e4m3 x e4m3 but not for
+# e4m3 x e2m1: sm_120 emits mma.sync kind::mxf8f6f4 for the former and upcasts the latter to bf16
+# (benchmarks/fp4_codegen.py). There the weights are widened to e4m3 in registers, which is exact
+# and costs no MMA rate (kind::mxf8f6f4 runs fp4 operands at the fp8 rate).
+E2M1_AS_E4M3_MAJORS = (12,)
 COMBINE_BLOCK = 1024
 
 
@@ -71,38 +79,59 @@ def _fit_rows(bn: int, n: int) -> int:
 
 
 @triton.jit
-def _mx_dot(acc, x, w, s, SWAP: tl.constexpr):
-    """acc + x @ W^T for x [BM, BK] bf16 and W [BN, BK] given as e2m1 pairs w [BN, BK/2] and E8M0
-    scales s [BN, BK/32]; under SWAP acc and the result are transposed, [BN, BM]."""
-    if SWAP:
-        return tl.dot_scaled(w, s, E2M1, tl.trans(x), None, BF16, acc, fast_math=True)
-    else:
-        return tl.dot_scaled(x, None, BF16, tl.trans(w), s, E2M1, acc, fast_math=True)
+def _e2m1_to_e4m3(w):
+    """w [R, C] uint8, two e2m1 codes each (low nibble first) -> [R, 2C] e4m3 bytes of the same
+    values: exponent + 6 and mantissa << 2 for the normal codes, 0.5 (e2m1's one subnormal) -> 0x30."""
+    nib = tl.reshape(tl.join(w & 15, w >> 4), [w.shape[0], w.shape[1] * 2])
+    mag = nib & 7
+    byte = tl.where(mag == 1, 0x30, (mag + 12) << 2)
+    return (tl.where(mag == 0, 0, byte) | ((nib & 8) << 4)).to(tl.uint8)
 
 
 @triton.jit
-def _mx_step(acc, X, x_off, x_ok, W, S, w_rows, i, K: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr):
-    """Reduction step i (inputs i*BK : (i+1)*BK): rows x_off of X (mask x_ok) against rows w_rows of W.
+def _mx_dot(acc, x, xs, w, s, SWAP: tl.constexpr, W_E4M3: tl.constexpr):
+    """acc + x @ W^T for x [BM, BK] (bf16 with xs None, or e4m3 with E8M0 scales xs [BM, BK/32]) and
+    W [BN, BK] given as e2m1 pairs w [BN, BK/2] and E8M0 scales s [BN, BK/32] (widened to e4m3 under
+    W_E4M3); under SWAP acc and the result are transposed, [BN, BM]."""
+    x_fmt: tl.constexpr = BF16 if xs is None else E4M3
+    w_fmt: tl.constexpr = E4M3 if W_E4M3 else E2M1
+    if W_E4M3:
+        w = _e2m1_to_e4m3(w)
+    if SWAP:
+        return tl.dot_scaled(w, s, w_fmt, tl.trans(x), xs, x_fmt, acc, fast_math=True)
+    else:
+        return tl.dot_scaled(x, xs, x_fmt, tl.trans(w), s, w_fmt, acc, fast_math=True)
+
+
+@triton.jit
+def _mx_step(acc, X, x_off, x_ok, XS, xs_off, W, S, w_rows, i, K: tl.constexpr, BK: tl.constexpr,
+             SWAP: tl.constexpr, W_E4M3: tl.constexpr):
+    """Reduction step i (inputs i*BK : (i+1)*BK): rows x_off of X (mask x_ok) against rows w_rows of W;
+    XS None: X is bf16, else X is e4m3 with its scales at rows xs_off of XS.
     Offsets are i times a constant, never a quotient, so Triton sees 16-byte alignment and vectorises."""
     kx = i * BK + tl.arange(0, BK)
     kw = i * (BK // 2) + tl.arange(0, BK // 2)
     ks = i * (BK // 32) + tl.arange(0, BK // 32)
     x = tl.load(X + x_off[:, None] + kx[None, :], mask=x_ok[:, None] & (kx[None, :] < K), other=0.0)
+    xs = None
+    if XS is not None:
+        xs = tl.load(XS + xs_off[:, None] + ks[None, :], mask=x_ok[:, None] & (ks[None, :] < K // 32), other=0)
     w = tl.load(W + w_rows[:, None] * (K // 2) + kw[None, :], mask=kw[None, :] < K // 2, other=0)
     s = tl.load(S + w_rows[:, None] * (K // 32) + ks[None, :], mask=ks[None, :] < K // 32, other=0)
-    return _mx_dot(acc, x, w, s, SWAP)
+    return _mx_dot(acc, x, xs, w, s, SWAP, W_E4M3)
 
 
 @triton.jit
-def _expert_matmul(X, x_off, x_ok, W, S, e, n0, K: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
-                   BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr):
-    """[BM, BN] fp32: rows x_off of X times rows n0:n0+BN of expert e's matrix, over all of K."""
+def _expert_matmul(X, x_off, x_ok, XS, xs_off, W, S, e, n0, K: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr, W_E4M3: tl.constexpr):
+    """[BM, BN] fp32: rows x_off of X (scales at rows xs_off of XS when X is e4m3) times rows
+    n0:n0+BN of expert e's matrix, over all of K."""
     W = W + e.to(tl.int64) * N * (K // 2)
     S = S + e.to(tl.int64) * N * (K // 32)
     w_rows = n0 + tl.arange(0, BN)
     acc = tl.zeros([BN, BM] if SWAP else [BM, BN], tl.float32)
     for i in range(0, tl.cdiv(K, BK)):
-        acc = _mx_step(acc, X, x_off, x_ok, W, S, w_rows, i, K, BK, SWAP)
+        acc = _mx_step(acc, X, x_off, x_ok, XS, xs_off, W, S, w_rows, i, K, BK, SWAP, W_E4M3)
     if SWAP:
         acc = tl.trans(acc)
     return acc
@@ -152,10 +181,12 @@ def _routed_assignment(Logits, a, E: tl.constexpr, EP: tl.constexpr, TOPK: tl.co
 
 
 @triton.jit
-def _gate_up_kernel(X, stride_x, Order, Offsets, Weights, W, S, B, Hout, num_m, alpha, limit, E: tl.constexpr,
-                    EP: tl.constexpr, TOPK: tl.constexpr, K: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
-                    BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr, GROUP_M: tl.constexpr):
-    # Program (row tile of one expert, column tile); output row = sorted row.
+def _gate_up_kernel(X, stride_x, XS, Order, Offsets, Weights, W, S, B, Hout, HS, num_m, alpha, limit,
+                    E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr,
+                    GROUP_M: tl.constexpr, W_E4M3: tl.constexpr):
+    # Program (row tile of one expert, column tile); output row = sorted row. XS None: X and Hout
+    # are bf16; else X is e4m3 with scales XS, and h is written in MXFP8 (values Hout, scales HS).
     pid_m, pid_n = _tile_of(tl.program_id(0), num_m, N // BN, GROUP_M)
     e, start, end = _expert_tile(Offsets, pid_m, E, EP, BM)
     if e >= E:
@@ -166,17 +197,25 @@ def _gate_up_kernel(X, stride_x, Order, Offsets, Weights, W, S, B, Hout, num_m, 
     tok = asg // TOPK
     row_w = tl.load(Weights + asg, mask=ok, other=0.0)
     n0 = pid_n * BN
-    acc = _expert_matmul(X, tok.to(tl.int64) * stride_x, ok, W, S, e, n0, K, N, BM, BN, BK, SWAP)
+    acc = _expert_matmul(X, tok.to(tl.int64) * stride_x, ok, XS, tok.to(tl.int64) * (K // 32), W, S, e, n0,
+                         K, N, BM, BN, BK, SWAP, W_E4M3)
     acc += tl.load(B + e * N + n0 + tl.arange(0, BN))[None, :]
     h = _swiglu(acc, alpha, limit) * row_w[:, None]
     j = n0 // 2 + tl.arange(0, BN // 2)
-    tl.store(Hout + rows.to(tl.int64)[:, None] * (N // 2) + j[None, :], h.to(Hout.dtype.element_ty), mask=ok[:, None])
+    if XS is None:
+        h = h.to(Hout.dtype.element_ty)
+    else:  # BN // 2 columns are whole groups of 32 (the host asks BN % 64 == 0)
+        h, scales = _quantize_groups(tl.reshape(h, [BM, BN // 64, 32]))
+        h = tl.reshape(h, [BM, BN // 2])
+        g = n0 // 64 + tl.arange(0, BN // 64)
+        tl.store(HS + rows.to(tl.int64)[:, None] * (N // 64) + g[None, :], scales, mask=ok[:, None])
+    tl.store(Hout + rows.to(tl.int64)[:, None] * (N // 2) + j[None, :], h, mask=ok[:, None])
 
 
 @triton.jit
-def _down_kernel(Hin, Order, Offsets, Weights, W, S, B, Out, num_m, E: tl.constexpr, EP: tl.constexpr,
+def _down_kernel(Hin, HS, Order, Offsets, Weights, W, S, B, Out, num_m, E: tl.constexpr, EP: tl.constexpr,
                  K: tl.constexpr, N: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 SWAP: tl.constexpr, GROUP_M: tl.constexpr):
+                 SWAP: tl.constexpr, GROUP_M: tl.constexpr, W_E4M3: tl.constexpr):
     # Program (row tile of one expert, column tile); input row = sorted row, output row = assignment.
     pid_m, pid_n = _tile_of(tl.program_id(0), num_m, N // BN, GROUP_M)
     e, start, end = _expert_tile(Offsets, pid_m, E, EP, BM)
@@ -187,7 +226,8 @@ def _down_kernel(Hin, Order, Offsets, Weights, W, S, B, Out, num_m, E: tl.conste
     asg = tl.load(Order + rows, mask=ok, other=0)
     row_w = tl.load(Weights + asg, mask=ok, other=0.0)
     n0 = pid_n * BN
-    acc = _expert_matmul(Hin, rows.to(tl.int64) * K, ok, W, S, e, n0, K, N, BM, BN, BK, SWAP)
+    acc = _expert_matmul(Hin, rows.to(tl.int64) * K, ok, HS, rows.to(tl.int64) * (K // 32), W, S, e, n0, K, N,
+                         BM, BN, BK, SWAP, W_E4M3)
     acc += row_w[:, None] * tl.load(B + e * N + n0 + tl.arange(0, BN))[None, :]
     cols = n0 + tl.arange(0, BN)
     tl.store(Out + asg.to(tl.int64)[:, None] * N + cols[None, :], acc, mask=ok[:, None])
@@ -294,19 +334,24 @@ def _combine_kernel(Parts, Y, N: tl.constexpr, TOPK: tl.constexpr, BLOCK: tl.con
 
 def _interpret_mx_ops() -> None:
     """Triton 3.6's interpreter has no tl.dot_scaled and runs no PTX: give it both ops used here,
-    for e2m1 and bf16 operands (packed along K, E8M0 scales per 32), exact in fp32 as on the GPU."""
+    for e2m1, e4m3 and bf16 operands (e2m1 packed along K, E8M0 scales per 32), exact in fp32 as on
+    the GPU."""
     from triton._C.libtriton import ir
     from triton.runtime import interpreter as it
 
     lut = np.array(E2M1_VALUES, np.float32)
+    e4m3 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float().numpy()
 
     def operand(h, scale, fmt, k_axis):
         if fmt == ir.ScaleDotElemTypeTY.BF16:
             return (h.data.astype(np.uint32) << 16).view(np.float32)
-        if fmt != ir.ScaleDotElemTypeTY.E2M1:
+        if fmt == ir.ScaleDotElemTypeTY.E4M3:
+            v = e4m3[h.data]
+        elif fmt == ir.ScaleDotElemTypeTY.E2M1:
+            v = np.stack((lut[h.data & 15], lut[h.data >> 4]), axis=k_axis + 1)
+            v = v.reshape((v.shape[0], -1) if k_axis == 1 else (-1, v.shape[2]))
+        else:
             raise NotImplementedError(f"interpreted dot_scaled: format {fmt}")
-        v = np.stack((lut[h.data & 15], lut[h.data >> 4]), axis=k_axis + 1)
-        v = v.reshape((v.shape[0], -1) if k_axis == 1 else (-1, v.shape[2]))
         s = np.repeat(np.ldexp(np.float32(1), scale.data.astype(np.int32) - SCALE_BIAS), BLOCK, axis=1)
         return v * (s if k_axis == 1 else s.T).astype(np.float32)
 
@@ -346,29 +391,49 @@ def _combine(parts, k, out_dtype):
     return y
 
 
-def gate_up_grouped(x, routing, w, spec, tiles: Tiles) -> torch.Tensor:
-    """h [T*k, I] bf16 in expert-sorted row order: weight * swiglu(W1[e] x + b1[e])."""
-    T, k, E = x.shape[0], spec.num_experts_per_tok, w.blocks.shape[0]
+def e2m1_as_e4m3(device: torch.device) -> bool:
+    """Whether MXFP8 x MXFP4 products on this device widen the weights to e4m3 first."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] in E2M1_AS_E4M3_MAJORS
+
+
+def _split(x: torch.Tensor | MxTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(values, scales or None) of a bf16 or MXFP8 operand."""
+    return (x.values, x.scales) if isinstance(x, MxTensor) else (x, None)
+
+
+def gate_up_grouped(x: torch.Tensor | MxTensor, routing, w, spec, tiles: Tiles) -> torch.Tensor | MxTensor:
+    """h [T*k, I] in expert-sorted row order: weight * swiglu(W1[e] x + b1[e]); bf16 from bf16 x,
+    MXFP8 from MXFP8 x (quantised in the epilogue, which needs column tiles of whole 32-groups of h)."""
+    xv, xs = _split(x)
+    T, k, E = xv.shape[0], spec.num_experts_per_tok, w.blocks.shape[0]
     t = tiles.fit(w.n, w.k)
     A = T * k
     num_m = triton.cdiv(A, t.bm) + min(E, A)
-    h = torch.empty((A, w.n // 2), device=x.device, dtype=torch.bfloat16)
+    if xs is None:
+        h, hs = torch.empty((A, w.n // 2), device=xv.device, dtype=torch.bfloat16), None
+    elif t.bn % 64:
+        raise ValueError(f"gate_up: MXFP8 output needs column tiles of a multiple of 64 rows, got {t.bn} "
+                         f"(tiles {tiles.bn} fitted to {w.n} rows)")
+    else:
+        h, hs = mxfp8.empty(A, w.n // 2, xv.device)
     _gate_up_kernel[(num_m * (w.n // t.bn),)](
-        x, x.stride(0), routing.order, routing.offsets, routing.weights, w.blocks, w.scales, w.bias, h, num_m,
-        spec.swiglu_alpha, spec.swiglu_limit, E, triton.next_power_of_2(E), k, w.k, w.n, t.bm, t.bn, t.bk, t.swap,
-        t.group_m, **_launch_opts(t))
-    return h
+        xv, xv.stride(0), xs, routing.order, routing.offsets, routing.weights, w.blocks, w.scales, w.bias, h, hs,
+        num_m, spec.swiglu_alpha, spec.swiglu_limit, E, triton.next_power_of_2(E), k, w.k, w.n, t.bm, t.bn, t.bk,
+        t.swap, t.group_m, xs is not None and e2m1_as_e4m3(xv.device), **_launch_opts(t))
+    return h if hs is None else MxTensor(h, hs)
 
 
-def down_grouped(h, routing, w, spec, tiles: Tiles, out_dtype=torch.bfloat16) -> torch.Tensor:
+def down_grouped(h: torch.Tensor | MxTensor, routing, w, spec, tiles: Tiles, out_dtype=torch.bfloat16) -> torch.Tensor:
     """y [T, H]: per token, the sum over its experts of W2[e] h + weight * b2[e]."""
-    A, k, E = h.shape[0], spec.num_experts_per_tok, w.blocks.shape[0]
+    hv, hs = _split(h)
+    A, k, E = hv.shape[0], spec.num_experts_per_tok, w.blocks.shape[0]
     t = tiles.fit(w.n, w.k)
     num_m = triton.cdiv(A, t.bm) + min(E, A)
-    parts = torch.empty((A, w.n), device=h.device, dtype=torch.float32)
+    parts = torch.empty((A, w.n), device=hv.device, dtype=torch.float32)
     _down_kernel[(num_m * (w.n // t.bn),)](
-        h, routing.order, routing.offsets, routing.weights, w.blocks, w.scales, w.bias, parts, num_m, E,
-        triton.next_power_of_2(E), w.k, w.n, t.bm, t.bn, t.bk, t.swap, t.group_m, **_launch_opts(t))
+        hv, hs, routing.order, routing.offsets, routing.weights, w.blocks, w.scales, w.bias, parts, num_m, E,
+        triton.next_power_of_2(E), w.k, w.n, t.bm, t.bn, t.bk, t.swap, t.group_m,
+        hs is not None and e2m1_as_e4m3(hv.device), **_launch_opts(t))
     return _combine(parts, k, out_dtype)
 
 

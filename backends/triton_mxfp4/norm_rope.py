@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from backends.triton_mxfp4.mxfp8 import MxTensor, _quantize_groups
 from harness.model.rope import yarn
 from harness.model.spec import ModelSpec
 
@@ -18,8 +19,8 @@ from harness.model.spec import ModelSpec
 # ---- residual add + RMSNorm ---------------------------------------------------------------------
 
 @triton.jit
-def _add_rmsnorm_kernel(X, Y, W, Out, stride_x, stride_y, stride_o, N, eps,
-                        HAS_Y: tl.constexpr, BLOCK: tl.constexpr):
+def _add_rmsnorm_kernel(X, Y, W, Out, Q, QS, stride_x, stride_y, stride_o, N, eps,
+                        HAS_Y: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -30,18 +31,29 @@ def _add_rmsnorm_kernel(X, Y, W, Out, stride_x, stride_y, stride_o, N, eps,
     x = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Out + row * stride_o + cols, (x * rstd * w).to(Out.dtype.element_ty), mask=mask)
+    t = (x * rstd * w).to(Out.dtype.element_ty)
+    tl.store(Out + row * stride_o + cols, t, mask=mask)
+    if QUANT:  # the same rounded values in MXFP8 as well, contiguous [rows, N] and [rows, N/32]
+        q, scales = _quantize_groups(tl.reshape(t.to(tl.float32), [1, BLOCK // 32, 32]))
+        tl.store(Q + row * N + cols, tl.reshape(q, [BLOCK]), mask=mask)
+        groups = tl.arange(0, BLOCK // 32)
+        tl.store(QS + row * (N // 32) + groups, tl.reshape(scales, [BLOCK // 32]), mask=groups < N // 32)
 
 
 def add_rmsnorm(x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """x += y (in place, when y is given), then return rmsnorm(x) * weight; x, y [N, H] bf16."""
+                out: torch.Tensor | None = None, out_mx: MxTensor | None = None) -> torch.Tensor:
+    """x += y (in place, when y is given), then return rmsnorm(x) * weight; x, y [N, H] bf16.
+    out_mx: also write the returned values in MXFP8 there (contiguous [N, H] and [N, H/32])."""
     N, H = x.shape
     out = torch.empty_like(x) if out is None else out
     block = triton.next_power_of_2(H)
-    _add_rmsnorm_kernel[(N,)](x, x if y is None else y, weight, out, x.stride(0),
+    if out_mx is not None and (tuple(out_mx.values.shape) != (N, H) or not out_mx.values.is_contiguous()):
+        raise ValueError(f"add_rmsnorm: out_mx {tuple(out_mx.values.shape)} is not a contiguous [{N}, {H}]")
+    q, qs = out_mx if out_mx is not None else (None, None)
+    _add_rmsnorm_kernel[(N,)](x, x if y is None else y, weight, out, q, qs, x.stride(0),
                               0 if y is None else y.stride(0), out.stride(0), H, eps,
-                              HAS_Y=y is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)))
+                              HAS_Y=y is not None, QUANT=out_mx is not None, BLOCK=block,
+                              num_warps=min(16, max(1, block // 256)))
     return out
 
 

@@ -21,7 +21,7 @@ import torch
 
 from harness.engine import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
 from backends.openai_endpoint import OpenAIEndpoint
-from backends.openai_endpoint.server import HOST, ServerProcess, free_port, log_summary
+from backends.openai_endpoint.server import HOST, ServerProcess, free_port, log_reason, log_summary
 from backends.vllm import paths
 from harness.model.bf16_checkpoint import engine_checkpoint
 from backends.vllm.log import EngineLog
@@ -58,6 +58,16 @@ class EngineOptions:
         return out
 
 
+def _problems(quant: str, device: str) -> list[str]:
+    """vLLM's CPU build has no MXFP4 MoE kernel (without Intel AMX none of its backends supports
+    the experts): refuse such points before a 2-minute engine start ends in an error."""
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if cpu and quant == "mxfp4":
+        return ["quant=mxfp4: vLLM's CPU build has no MXFP4 MoE kernel; use quant=bf16 on a CPU "
+                "(or run on a GPU)"]
+    return []
+
+
 def _version() -> str:
     import vllm
 
@@ -65,6 +75,10 @@ def _version() -> str:
 
 
 class VLLM(Backend):
+    @classmethod
+    def problems(cls, quant: str, device: str, options: dict) -> list[str]:
+        return _problems(quant, device)
+
     def __init__(self, engine_args: dict | None = None, **options):
         super().__init__(engine_args=engine_args, **options)
         self.engine = EngineOptions(**options)
@@ -84,8 +98,8 @@ class VLLM(Backend):
                                **(self.options["engine_args"] or {}))
         except Exception as e:
             tail = self.log.tail()
-            raise RuntimeError(f"vLLM engine failed to start: {e} | {log_summary(tail)}\n"
-                               f"last log lines ({self.log.path}):\n{tail}") from e
+            reason = log_reason(self.log.text()) or f"{e} | {log_summary(tail)}"
+            raise RuntimeError(f"vLLM engine failed to start: {reason}\nlast log lines:\n{tail}") from e
 
     def generate(self, prompts: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None,
                  phases: Phases = no_phases) -> Generation:
@@ -134,7 +148,7 @@ class VLLM(Backend):
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
-        self.log.copy_to_stderr()
+        self.log.close()
 
 
 class VLLMServe(OpenAIEndpoint):
@@ -148,6 +162,10 @@ class VLLMServe(OpenAIEndpoint):
         super().__init__(serve_args=serve_args, ready_timeout_s=ready_timeout_s, **client_options)
         self.engine = EngineOptions(tensor_parallel_size, enforce_eager, kv_cache_dtype, gpu_memory_utilization,
                                     moe_path, dtype, env)
+
+    @classmethod
+    def problems(cls, quant: str, device: str, options: dict) -> list[str]:
+        return _problems(quant, device)
 
     def serve(self, request: LoadRequest) -> ServerProcess:
         moe = paths.installed_moe_path(self.engine.moe_path)

@@ -1,6 +1,7 @@
 """vLLM's own log, captured to a file: its engine runs in child processes that write to the
 stdout/stderr they inherit, so the descriptors are pointed at the file while the engine starts.
-What the file receives is copied on to our stderr (the worker's log) after the start and at the end."""
+What the file receives is copied on to our stderr (the worker's log) after the start and at the end,
+when the file is removed."""
 
 from __future__ import annotations
 
@@ -45,6 +46,12 @@ class EngineLog:
         self._copied += len(new)
         sys.stderr.buffer.write(new)
         sys.stderr.flush()
+
+    def close(self) -> None:
+        """Copy the rest to our stderr and remove the file."""
+        if os.path.exists(self.path):
+            self.copy_to_stderr()
+            os.unlink(self.path)
 
     def text(self) -> str:
         with open(self.path, errors="replace") as f:

@@ -92,7 +92,7 @@ KNOWN_GPUS: tuple[GpuPeak, ...] = tuple(peak for _, peak in PEAKS)
 def gpu_peak(gpu_name: str | None) -> GpuPeak | None:
     """The peak figures for a reported GPU name (e.g. 'NVIDIA H100 80GB HBM3') or a table name
     (e.g. 'B200'), None if unknown."""
-    if not gpu_name:
+    if not isinstance(gpu_name, str) or not gpu_name:  # None, or a missing value of a pandas column
         return None
     for peak in KNOWN_GPUS:
         if peak.name == gpu_name:

@@ -13,6 +13,7 @@ from pathlib import Path
 from harness.model.load_request import LoadRequest
 from harness.model import mxfp4
 from harness.model.checkpoint import Checkpoint, write_checkpoint
+from harness.model.spec import weight_format
 from harness.model.synthetic import synthetic_checkpoint
 
 EXPERTS = ("gate_up_proj", "down_proj")
@@ -22,9 +23,9 @@ def engine_checkpoint(request: LoadRequest) -> Path:
     path = Path(request.checkpoint) if request.checkpoint is not None else \
         synthetic_checkpoint(request.spec, request.seed, request.router_skew)
     layout = Checkpoint(path).quant
-    if layout == request.quant:
+    if layout == weight_format(request.quant):
         return path
-    if request.quant == "mxfp4":
+    if weight_format(request.quant) == "mxfp4":
         raise ValueError(f"quant=mxfp4 needs an MXFP4 checkpoint; {path} holds bf16 experts")
     return bf16_checkpoint(path)
 

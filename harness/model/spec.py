@@ -14,7 +14,19 @@ from pathlib import Path
 
 MXFP4_BLOCK = 32  # values per E8M0 scale, along the input dimension
 MXFP4_BYTES_PER_VALUE = 0.5 + 1 / MXFP4_BLOCK  # 4.25 bits
-QUANT_MODES = ("mxfp4", "bf16")
+QUANT_MODES = ("mxfp4", "bf16", "mxfp4_mxfp8")
+# The expert weights each quant mode reads, i.e. its checkpoint layout and bytes: mxfp4_mxfp8 reads
+# the MXFP4 checkpoint as mxfp4 does and differs only in its activations (MXFP8 in the MoE GEMMs),
+# so its numerical reference is the MXFP4 model.
+WEIGHT_FORMAT = {"mxfp4": "mxfp4", "bf16": "bf16", "mxfp4_mxfp8": "mxfp4"}
+
+
+def weight_format(quant: str) -> str:
+    """The weight format ('mxfp4' or 'bf16') that quant mode `quant` reads."""
+    try:
+        return WEIGHT_FORMAT[quant]
+    except KeyError:
+        raise ValueError(f"quant={quant!r}: unknown quant mode; known: {list(QUANT_MODES)}") from None
 
 # Published as-is in the HF config; layers listed here stay bf16 under mxfp4.
 MODULES_TO_NOT_CONVERT = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
@@ -92,6 +104,7 @@ class ModelSpec:
 
     # ---- config.json -----------------------------------------------------------------------
     def to_hf_config(self, quant: str = "mxfp4") -> dict:
+        """config.json of a checkpoint holding the weights `quant` reads."""
         cfg = {
             "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
             "attention_bias": True, "attention_dropout": 0.0,
@@ -109,7 +122,7 @@ class ModelSpec:
             "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.55.0.dev0",
             "use_cache": True, "vocab_size": self.vocab_size,
         }
-        if quant == "mxfp4":
+        if weight_format(quant) == "mxfp4":
             cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": MODULES_TO_NOT_CONVERT}
         return cfg
 
@@ -144,7 +157,8 @@ class ModelSpec:
 
     # ---- checkpoint tensors (HF layout) ----------------------------------------------------
     def tensors(self, quant: str = "mxfp4") -> dict[str, tuple[tuple[int, ...], str]]:
-        """Every tensor of the HF checkpoint in file order: name -> (shape, safetensors dtype)."""
+        """Every tensor of the HF checkpoint `quant` reads, in file order: name -> (shape, safetensors dtype)."""
+        packed = weight_format(quant) == "mxfp4"
         H, I, E, V = self.hidden_size, self.intermediate_size, self.num_local_experts, self.vocab_size
         out: dict[str, tuple[tuple[int, ...], str]] = {"model.embed_tokens.weight": ((V, H), "BF16")}
         for layer in range(self.num_hidden_layers):
@@ -161,7 +175,7 @@ class ModelSpec:
             out[p + "mlp.router.bias"] = ((E,), "BF16")
             for proj, rows, k in (("gate_up_proj", 2 * I, H), ("down_proj", H, I)):
                 x = p + f"mlp.experts.{proj}"
-                if quant == "mxfp4":
+                if packed:
                     out[x + "_blocks"] = ((E, rows, k // MXFP4_BLOCK, MXFP4_BLOCK // 2), "U8")
                     out[x + "_scales"] = ((E, rows, k // MXFP4_BLOCK), "U8")
                 else:  # transformers' dequantised layout is x @ W: [E, in, out]
@@ -212,8 +226,8 @@ class ModelSpec:
 
     # ---- bytes -----------------------------------------------------------------------------
     def expert_bytes(self, quant: str) -> float:
-        """Bytes of one expert as an engine reads them: weights in `quant`, biases bf16."""
-        per_weight = MXFP4_BYTES_PER_VALUE if quant == "mxfp4" else 2.0
+        """Bytes of one expert as an engine reads them: weights in `quant`'s format, biases bf16."""
+        per_weight = MXFP4_BYTES_PER_VALUE if weight_format(quant) == "mxfp4" else 2.0
         return self.expert_weights * per_weight + 2 * self.expert_biases
 
     def weight_bytes(self, quant: str = "mxfp4") -> float:

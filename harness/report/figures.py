@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from harness.report.runs import series_title
+
 PALETTE = qualitative.Plotly + qualitative.Dark24
 CATEGORY_PALETTE = qualitative.Safe  # kernel categories: apart from the series colours
 PHASE_COLORS = {"prefill": "#f5a623", "decode": "#4a90d9"}
@@ -40,10 +42,10 @@ def _colors(series: pd.Series) -> dict:
     return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(series.cat.categories)}
 
 
-def _grid(values, facet: str, x_title: str, y_title: str, wrap: int = WRAP, shared_y="all",
+def _grid(values, facet: str, x_title: str, y_title: str, legend: str, wrap: int = WRAP, shared_y="all",
           titles=None, row_px: int = FACET_PX) -> tuple[go.Figure, dict]:
-    """A grid of subplots, one per facet value, rows filled evenly (4 facets: 2 x 2); returns the
-    figure and value -> (row, col)."""
+    """A grid of subplots, one per facet value, rows filled evenly (4 facets: 2 x 2), `legend` the
+    legend's title; returns the figure and value -> (row, col)."""
     rows = -(-len(values) // wrap)
     cols = -(-len(values) // rows)
     height = 90 + row_px * rows
@@ -51,7 +53,7 @@ def _grid(values, facet: str, x_title: str, y_title: str, wrap: int = WRAP, shar
     fig = make_subplots(rows, cols, shared_yaxes=shared_y, x_title=x_title, y_title=y_title, subplot_titles=titles,
                         vertical_spacing=min(0.3, 80 / height), horizontal_spacing=0.06 if shared_y else 0.09)
     fig.update_layout(height=height, template="plotly_white", margin=dict(l=80, r=20, t=40, b=70),
-                      legend=dict(title_text="backend · quant", groupclick="togglegroup"),
+                      legend=dict(title_text=legend, groupclick="togglegroup"),
                       hoverlabel=dict(namelength=-1))
     return fig, {v: (i // cols + 1, i % cols + 1) for i, v in enumerate(values)}
 
@@ -70,7 +72,7 @@ def _facet_lines(points, x, ys: dict[str, str], facet, x_title, y_title, log_y=F
     if df.empty:
         return None
     colors = _colors(points["series"])
-    fig, where = _grid(sorted(df[facet].unique()), facet, x_title, y_title, shared_y=shared_y)
+    fig, where = _grid(sorted(df[facet].unique()), facet, x_title, y_title, series_title(points), shared_y=shared_y)
     shown = set()
     for value, (row, col) in where.items():
         for series, s in df[df[facet] == value].groupby("series", observed=True):
@@ -128,7 +130,7 @@ def throughput_interactivity(points: pd.DataFrame) -> go.Figure | None:
     df = df.assign(per_user=1000 / df["tpot_ms_mean"], per_gpu=df["decode_tok_s"] / gpus)
     colors = _colors(points["series"])
     fig, where = _grid(sorted(df["context_len"].unique()), "context_len",
-                       "interactivity: tok/s per user (1000 / TPOT)", "throughput: tok/s per GPU")
+                       "interactivity: tok/s per user (1000 / TPOT)", "throughput: tok/s per GPU", series_title(points))
     shown = set()
     for value, (row, col) in where.items():
         for series, s in df[df["context_len"] == value].groupby("series", observed=True):
@@ -163,7 +165,8 @@ def memory_vs_context(points: pd.DataFrame) -> go.Figure | None:
                None: "memory (GiB)"}[measured]
     colors = _colors(points["series"])
     both = pd.concat([ran, unfit])
-    fig, where = _grid(sorted(both["batch_size"].unique()), "batch_size", "context length (tokens)", y_title)
+    fig, where = _grid(sorted(both["batch_size"].unique()), "batch_size", "context length (tokens)", y_title,
+                       series_title(points))
     capacity = points.dropna(subset=["device_mem_gib"]).groupby("device_mem_gib")["run"].unique()
     shown = set()
     for value, (row, col) in where.items():
@@ -198,7 +201,12 @@ def memory_vs_context(points: pd.DataFrame) -> go.Figure | None:
 def roofline(points: pd.DataFrame) -> go.Figure | None:
     """Left: each point's measured decode step against its floor, the time its bytes (and FLOPs)
     need at the device's peak (the floor is max(mbu, mfu) x step time). Right, when FLOPs are known:
-    the classic roofline, the device's peaks recovered from mbu and mfu."""
+    the classic roofline, the device's peaks recovered from mbu and mfu. A point without the measured
+    ceilings (a run without calibration) is drawn against the datasheet's."""
+    if "mbu_datasheet" in points:
+        fallback = points["mbu"].isna()
+        points = points.assign(mbu=points["mbu"].where(~fallback, points["mbu_datasheet"]),
+                               mfu=points["mfu"].where(~fallback, points.get("mfu_datasheet")))
     df = _ok(points, "tpot_ms_mean", "mbu")
     if df.empty:
         return None
@@ -207,7 +215,7 @@ def roofline(points: pd.DataFrame) -> go.Figure | None:
     fig = make_subplots(1, 2 if classic else 1, horizontal_spacing=0.1, subplot_titles=(
         "decode step: measured against floor", "roofline (decode)")[:2 if classic else 1])
     fig.update_layout(height=470, template="plotly_white", margin=dict(l=80, r=20, t=40, b=60),
-                      legend=dict(title_text="backend · quant"), hoverlabel=dict(namelength=-1))
+                      legend=dict(title_text=series_title(points)), hoverlabel=dict(namelength=-1))
     colors = _colors(points["series"])
     symbols = {"memory": "circle", "compute": "diamond"}
     lo, hi = df["floor_ms"].min() / 1.5, df["tpot_ms_mean"].max() * 1.5
@@ -286,7 +294,7 @@ def power_timeline(telemetry: pd.DataFrame | None, kernels: pd.DataFrame | None,
     titles = [f"{_text(s)}<br>batch {b} · context {c}" for s, b, c in
               keys[["series", "batch_size", "context_len"]].itertuples(index=False)]
     fig, where = _grid(list(zip(keys["run"], keys["point_id"])), "", "time since the point started (s)",
-                       "power (W)", wrap=2, titles=titles, row_px=230)
+                       "power (W)", "phase", wrap=2, titles=titles, row_px=230)
     for title in fig.layout.annotations[:len(titles)]:
         title.font.size = 12
     colors = _colors(points["series"])
@@ -301,7 +309,6 @@ def power_timeline(telemetry: pd.DataFrame | None, kernels: pd.DataFrame | None,
     for phase, color in PHASE_COLORS.items():
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=phase,
                                  marker=dict(symbol="square", size=12, color=color, opacity=0.4)))
-    fig.update_layout(legend_title_text="phase")
     fig.update_yaxes(rangemode="tozero")
     return fig
 
@@ -331,10 +338,11 @@ def kernel_breakdown(kernels: pd.DataFrame | None, points: pd.DataFrame) -> go.F
     phases = [p for p in ("prefill", "decode") if p in set(by["phase"])] + \
         sorted(set(by["phase"]) - {"prefill", "decode"})
     labels = sorted(by["label"].unique(), reverse=True)  # horizontal bars list from the bottom up
-    fig, where = _grid(phases, "phase", "GPU time in the profiled window (ms)", "", wrap=2, shared_y=True)
+    fig, where = _grid(phases, "phase", "GPU time in the profiled window (ms)", "", "kernel category", wrap=2,
+                       shared_y=True)
     rows = -(-len(phases) // 2)
     fig.update_layout(height=max(120 + 30 * len(labels) * rows, 100 + 30 * len(order)), barmode="stack",
-                      legend_title_text="kernel category", margin=dict(l=20))
+                      margin=dict(l=20))
     for i, category in enumerate(order):
         for phase, (row, col) in where.items():
             s = by[(by["phase"] == phase) & (by["category"] == category)]
@@ -364,7 +372,7 @@ def agreement(points: pd.DataFrame, warn_below: float) -> go.Figure | None:
                   annotation_position="bottom left", annotation_font=dict(color="#c0392b", size=10))
     bottom = min(df["agreement"].min(), warn_below) - 0.05
     fig.update_layout(height=380, template="plotly_white", scattermode="group", margin=dict(l=80, r=20, t=20, b=60),
-                      legend=dict(title_text="backend · quant"), hoverlabel=dict(namelength=-1),
+                      legend=dict(title_text=series_title(points)), hoverlabel=dict(namelength=-1),
                       yaxis=dict(title_text="agreement with reference", range=[bottom, 1.02], tickformat=".0%"),
                       xaxis=dict(title_text="point (batch · context)", type="category"))
     return fig

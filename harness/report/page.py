@@ -1,14 +1,17 @@
 """The report page: run folders in, one self-contained HTML file out (plotly.js inlined once, so
 it opens offline, from an e-mail or a CI artifact).
 
-Agreement: every ok point whose greedy tokens differ from the reference at any position is
-listed in a banner. Kernels that round differently can flip a near-tie argmax now and then, so
-agreement of AGREEMENT_WARN or more is a note; below it the banner is a warning.
+The page opens with what the run found, in sentences (harness.report.findings: every point that
+failed, throttled, disagreed with the reference or is noisy among them), then the runs' facts, the
+points table and the figures. Runs that could not be read are named at the top.
+
+Other pages of the report package build on three public pieces of this module: `environment()`
+(the jinja2 environment of harness/report/templates), `plotly_js()` (to inline once per page) and
+`figure_html(fig, div_id)` (a figure as markup for such a page).
 """
 
 from __future__ import annotations
 
-import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +24,10 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from harness.report import figures
+from harness.report.findings import AGREEMENT_WARN, STATUS_ORDER, findings, grouped
+from harness.report.numbers import integer, number, percent
 from harness.report.runs import RunInfo, Runs, load_runs
 from harness.results import write_text_atomic
-
-AGREEMENT_WARN = 0.9
 
 
 @dataclass
@@ -55,9 +58,9 @@ SECTIONS = [
             "needed; the dotted line is the device's capacity.",
             lambda r: figures.memory_vs_context(r.points)),
     Section("roofline", "Roofline",
-            "Each decode step against its floor, the time its bytes (and FLOPs) take at the device's peak: a "
-            "point on the solid line runs at the roof (MBU = floor / measured). Circles are memory-bound, "
-            "diamonds compute-bound.",
+            "Each decode step against its floor, the time its bytes (and FLOPs) take at the GPU's measured copy "
+            "bandwidth and matmul rate (the datasheet's for a run without calibration): a point on the solid line "
+            "runs at the roof (MBU = floor / measured). Circles are memory-bound, diamonds compute-bound.",
             lambda r: figures.roofline(r.points)),
     Section("power", "Power timeline",
             "NVML power of each profiled point's GPUs (summed; every sampled point when none was profiled) "
@@ -77,7 +80,7 @@ SECTIONS = [
 # the points table: column, header, kind (text, status and message cells are text; int, number
 # and percent cells are numbers)
 TABLE = [
-    ("run", "run", "text"), ("backend", "backend", "text"), ("quant", "quant", "text"),
+    ("run", "run", "text"), ("model", "model", "text"), ("backend", "backend", "text"), ("quant", "quant", "text"),
     ("batch_size", "batch", "int"), ("context_len", "context", "int"), ("status", "status", "status"),
     ("ttft_ms", "TTFT ms", "number"), ("tpot_ms_p50", "TPOT p50 ms", "number"),
     ("tpot_ms_p99", "TPOT p99 ms", "number"), ("decode_tok_s", "decode tok/s", "number"),
@@ -85,30 +88,31 @@ TABLE = [
     ("required_gib", "needs GiB", "number"), ("energy_j_per_tok", "J/token", "number"), ("mbu", "MBU", "percent"),
     ("agreement", "agreement", "percent"), ("error", "message", "message"),
 ]
-STATUS_ORDER = {"error": 0, "timeout": 1, "oom": 2, "skipped": 3, "ok": 4}  # the table's row order
+# Sentences of one kind listed before the rest fold away: a sweep of many shapes has a sentence per
+# shape, and the page's first screen should show every kind of finding.
+FINDINGS_SHOWN = 5
 
 
 def _cell(value, kind: str) -> str:
     if pd.isna(value):
         return ""
     if kind == "percent":
-        return f"{value:.1%}"
+        return percent(value)
     if kind == "int":
-        return f"{value:,}"
-    if kind == "number":  # three significant digits, never an exponent: 0.0412, 7.97, 1,234
-        decimals = max(0, 2 - math.floor(math.log10(abs(value)))) if value else 0
-        return f"{value:,.{decimals}f}"
+        return integer(value)
+    if kind == "number":
+        return number(value)
     return str(value)
 
 
 def points_table(runs: Runs) -> tuple[list[tuple[str, str]], list[dict]]:
     """Header (title, kind) and rows of the points table: failures first; columns empty in every
-    row are left out."""
+    row are left out, and the run and model columns where they hold one value."""
     p = runs.points
     p = p.assign(_rank=p["status"].map(STATUS_ORDER).fillna(0)).sort_values(
         ["_rank", "run", "series", "batch_size", "context_len"])
     columns = [(c, h, k) for c, h, k in TABLE if p[c].replace("", None).notna().any()
-               and (c != "run" or len(runs.infos) > 1)]
+               and (c not in ("run", "model") or p[c].nunique() > 1)]
     rows = [{"status": r["status"], "cells": [(k, _cell(r[c], k)) for c, _, k in columns]} for _, r in p.iterrows()]
     return [(h, k) for _, h, k in columns], rows
 
@@ -152,14 +156,22 @@ def run_facts(info: RunInfo, runs: Runs) -> list[tuple[str, str]]:
     return [(k, v) for k, v in facts if v]
 
 
-def agreement_banner(runs: Runs) -> dict | None:
-    p = runs.points
-    bad = p[(p["status"] == "ok") & (p["agreement"] < 1)].sort_values("agreement")
-    if bad.empty:
-        return None
-    return {"level": "warning" if bad["agreement"].min() < AGREEMENT_WARN else "note",
-            "points": [f"{s} · batch {b} · context {c}: {a:.1%}" for s, b, c, a in
-                       bad[["series", "batch_size", "context_len", "agreement"]].itertuples(index=False)]}
+def environment() -> jinja2.Environment:
+    """The jinja2 environment of harness/report/templates: autoescaped, undefined names refused."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def plotly_js() -> Markup:
+    """plotly.js, to inline once in a page's <head> so the page opens offline."""
+    return Markup(get_plotlyjs())
+
+
+def figure_html(fig: go.Figure, div_id: str) -> Markup:
+    """A figure as markup for a page that inlines plotly_js()."""
+    # plotly writes the figure's JSON with <, > and / escaped, so its output is safe as markup
+    return Markup(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                              config={"displaylogo": False, "responsive": True}))
 
 
 def render(runs: Runs) -> str:
@@ -167,23 +179,19 @@ def render(runs: Runs) -> str:
     for section in SECTIONS:
         fig = section.draw(runs)
         if fig is not None:
-            # plotly writes the figure's JSON with <, > and / escaped, so its output is safe as markup
-            html = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{section.id}",
-                               config={"displaylogo": False, "responsive": True})
             sections.append({"id": section.id, "title": section.title, "caption": section.caption,
-                             "figure": Markup(html)})
+                             "figure": figure_html(fig, f"fig-{section.id}")})
     header, rows = points_table(runs)
-    env = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
-    return env.get_template("report.html.j2").render(
-        title=" vs ".join(i.label for i in runs.infos),
+    return environment().get_template("report.html.j2").render(
+        title=" vs ".join(i.label for i in runs.infos), findings=grouped(findings(runs)), skipped=runs.skipped,
         runs=[{"info": i, "facts": run_facts(i, runs), "env": _flat(i.env)} for i in runs.infos],
-        table_header=header, table_rows=rows, sections=sections, banner=agreement_banner(runs),
-        plotlyjs=Markup(get_plotlyjs()))
+        table_header=header, table_rows=rows, sections=sections, plotlyjs=plotly_js(),
+        agreement_warn=AGREEMENT_WARN, findings_shown=FINDINGS_SHOWN)
 
 
 def write_report(run_dirs, out) -> Path:
-    """Write the report of the run folders to `out` (atomically) and return its path."""
+    """Write the report of the run folders to `out` (atomically) and return its path; raises
+    FileNotFoundError or runs.NoReadableRun when there is nothing to report."""
     out = Path(out)
     text = render(load_runs(run_dirs))
     out.parent.mkdir(parents=True, exist_ok=True)

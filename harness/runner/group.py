@@ -18,10 +18,12 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from harness.analysis.calibration import Ceilings
 from harness.analysis.roofline import roofline
 from harness.results import env_fingerprint
 from harness.runner.reference import ReferenceCache, references
-from harness.runner.point import Point, model_spec, positions
+from harness.runner import messages as M
+from harness.runner.point import Point, model_spec
 from harness.runner.run_folder import RunFolder
 from harness.runner.terminal import SweepProgress
 from harness.runner.worker_process import WorkerDied, WorkerProcess, WorkerTimeout
@@ -42,25 +44,27 @@ class GroupRun:
         self.host = env_fingerprint()
         self.facts: dict = {}  # what the worker reported of its device and software
         self.loaded: dict = {}
+        self.columns: dict[str, str] = {}  # the backend's own columns and their types
 
     # ---- rows ---------------------------------------------------------------------------------
     def row(self, point: Point, started_at: str, status: str, **columns) -> dict:
-        cfg, w = point.config, point.config["workload"]
-        spec = model_spec(cfg["model"])
+        c, w = point.config, point.config.workload
+        spec = model_spec(c.model)
         gpu_name = self.facts.get("gpu_name", self.host["gpu_name"])
         row = {
             "run_id": self.run.run_id, "point_id": point.point_id, "group": self.group, "started_at": started_at,
-            "backend": cfg["backend"]["name"], "backend_version": self.loaded.get("backend_version"),
-            "model": spec.name, "quant": cfg["quant"]["name"], "seed": w["seed"], "router_skew": w["router_skew"],
-            **{k: w[k] for k in ("batch_size", "context_len", "new_tokens", "repeats")},
-            "gpu_name": gpu_name, "gpu_count": self.facts.get("gpu_count", self.host["gpu_count"]),
+            "backend": c.backend.name, "backend_version": self.loaded.get("backend_version"),
+            "model": spec.name, "quant": c.quant, "seed": w.seed, "router_skew": w.router_skew,
+            "batch_size": w.batch_size, "context_len": w.context_len, "new_tokens": w.new_tokens,
+            "repeats": w.repeats, "gpu_name": gpu_name, "gpu_count": self.facts.get("gpu_count", self.host["gpu_count"]),
             "hardware": self.settings["hardware"] or gpu_name or self.facts.get("cpu_model", self.host["cpu_model"]),
             "device_mem_gib": self.facts.get("device_mem_gib"), "load_s": self.loaded.get("load_s"),
             "status": status, "error": "",
             **columns,
         }
-        row.update(roofline(spec, row["quant"], w["batch_size"], w["context_len"], w["new_tokens"],
-                            row.get("tpot_ms_mean"), row.get("ttft_ms"), gpu_name))
+        ceilings = self.loaded.get("ceilings")
+        row.update(roofline(spec, c.quant, w.batch_size, w.context_len, w.new_tokens, row.get("tpot_ms_mean"),
+                            row.get("ttft_ms"), gpu_name, Ceilings.from_dict(ceilings) if ceilings else None))
         return row
 
     def record(self, point: Point, row: dict, result: dict | None = None) -> None:
@@ -70,7 +74,8 @@ class GroupRun:
         if result is not None:
             samples = pd.DataFrame(result["samples"], columns=["repeat", "step", "tpot_ms"])
             samples.insert(0, "point_id", point.point_id)
-        self.run.add_point(row, samples, _frame(result and result["telemetry"]), _frame(result and result["kernels"]))
+        self.run.add_point(row, samples, _frame(result and result["telemetry"]), _frame(result and result["kernels"]),
+                           self.columns)
         self.progress.done(row["status"])
         self._note(f"{point.point_id}: {row['status']} {row['error']}")
 
@@ -78,36 +83,34 @@ class GroupRun:
         with open(self.log_path, "a") as f:
             f.write(f"== {text}\n")
 
-    def _on_record(self, rec: dict) -> None:
-        if rec["type"] == "phase":
-            self.progress.phase(rec["phase"])
-        elif rec["type"] == "facts":
-            self.facts = {k: v for k, v in rec.items() if k != "type"}
+    def _on_record(self, rec) -> None:
+        if isinstance(rec, M.Phase):
+            self.progress.phase(rec.phase)
+        elif isinstance(rec, M.Facts):
+            self.facts = rec.facts
 
     # ---- the worker ---------------------------------------------------------------------------
-    def start(self, points: list[Point]) -> tuple[WorkerProcess, dict]:
+    def start(self, points: list[Point]) -> tuple[WorkerProcess, M.Result]:
         """A worker with the engine loaded for `points` (the load result, status ok or not)."""
-        cfg, w = points[0].config, points[0].config["workload"]
+        c = points[0].config
         self._note(f"starting a worker for {len(points)} points")
         self.progress.phase("starting worker")
-        worker = WorkerProcess(cfg["backend"].get("python"), self.log_path)
+        worker = WorkerProcess(c.backend.python, self.log_path)
+        load = M.Load.for_points(c.backend, [p.config for p in points], self.settings["cache_dir"],
+                                 str(self.run.path / "traces"))
         try:
-            worker.request(None, w["load_timeout_s"])
-            loaded = worker.request({
-                "type": "load", "backend": cfg["backend"], "model": cfg["model"], "quant": cfg["quant"]["name"],
-                "workload": w, "device": cfg["device"], "telemetry": cfg["telemetry"],
-                "trace_dir": str(self.run.path / "traces"), "cache_dir": self.settings["cache_dir"],
-                "max_batch_size": max(p.config["workload"]["batch_size"] for p in points),
-                "max_seq_len": max(positions(p.config) for p in points)}, w["load_timeout_s"], self._on_record)
+            worker.request(None, c.workload.load_timeout_s)
+            loaded = worker.request(load, c.workload.load_timeout_s, self._on_record)
         except WorkerTimeout as e:
             worker.kill()
-            return worker, {"status": "timeout", "error": f"loading: {e}"}
+            return worker, M.Result("timeout", f"loading: {e}")
         except WorkerDied as e:
-            return worker, {"status": "error", "error": f"worker died while loading: {e}"}
-        if loaded["status"] == "ok":
-            self.loaded = loaded
-            self.run.update_env(self.host, self.group, {**self.facts, "backend_version": loaded["backend_version"],
-                                                        "telemetry": loaded["telemetry_env"]})
+            return worker, M.Result("error", f"worker died while loading: {e}")
+        if loaded.status == "ok":
+            self.loaded, self.columns = loaded.data, loaded.data["columns"]
+            self.run.update_env(self.host, self.group, {**self.facts, "backend_version": loaded.data["backend_version"],
+                                                        "telemetry": loaded.data["telemetry_env"],
+                                                        "ceilings": loaded.data["ceilings"]})
         return worker, loaded
 
     def __call__(self, points: list[Point]) -> None:
@@ -120,12 +123,12 @@ class GroupRun:
                 started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 if worker is None:
                     worker, loaded = self.start(points[i:])
-                    if loaded["status"] != "ok":
+                    if loaded.status != "ok":
                         for p in points[i:]:
                             if p is not point:
                                 self.progress.start(p.point_id)
-                            self.record(p, self.row(p, started_at, loaded["status"], error=loaded["error"],
-                                                    required_gib=loaded.get("required_gib")))
+                            self.record(p, self.row(p, started_at, loaded.status, error=loaded.error,
+                                                    required_gib=loaded.required_gib))
                         break
                 worker = self.measure(worker, point, started_at, refs[point.point_id])
         except BaseException:
@@ -137,9 +140,9 @@ class GroupRun:
 
     def measure(self, worker: WorkerProcess, point: Point, started_at: str, reference) -> WorkerProcess | None:
         """Run one point and record its row; the worker to go on with (None: it was lost)."""
+        w = point.config.workload
         try:
-            res = worker.request({"type": "point", "point_id": point.point_id, "workload": point.config["workload"],
-                                  "reference": reference}, point.config["workload"]["timeout_s"], self._on_record)
+            res = worker.request(M.RunPoint(point.point_id, w, reference), w.timeout_s, self._on_record)
         except WorkerTimeout as e:
             worker.kill()
             self.record(point, self.row(point, started_at, "timeout", error=f"{e}; the worker was killed"))
@@ -147,10 +150,10 @@ class GroupRun:
         except WorkerDied as e:
             self.record(point, self.row(point, started_at, "error", error=f"worker died: {e}"))
             return None
-        if res["status"] == "ok":
-            self.record(point, self.row(point, started_at, "ok", **res["row"]), res)
+        if res.status == "ok":
+            self.record(point, self.row(point, started_at, "ok", **res.data["row"]), res.data)
         else:
-            self.record(point, self.row(point, started_at, res["status"], error=res["error"]))
+            self.record(point, self.row(point, started_at, res.status, error=res.error))
         return worker
 
 

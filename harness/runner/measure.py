@@ -14,9 +14,26 @@ from typing import Callable
 import numpy as np
 import torch
 
+import pyarrow as pa
+
+from harness.config import Workload
 from harness.engine import Backend, Generation
 from harness.model.spec import ModelSpec
 from harness.runner.prompts import prompts
+
+# The columns `measure` fills. ttft_ms and tpot_ms_* have the batch meaning for every engine:
+# the whole batch has its first token / its next token (serving backends put per-request means
+# in columns of their own).
+LATENCY_COLUMNS: dict[str, pa.DataType] = {
+    "ttft_ms": pa.float64(), "prefill_tok_s": pa.float64(), "tpot_ms_mean": pa.float64(),
+    "tpot_ms_p50": pa.float64(), "tpot_ms_p90": pa.float64(), "tpot_ms_p99": pa.float64(),
+    "decode_tok_s": pa.float64(), "e2e_ms": pa.float64(), "cv": pa.float64(),
+}
+# The columns `agreement` fills.
+AGREEMENT_COLUMNS: dict[str, pa.DataType] = {
+    "agreement": pa.float64(), "agreement_positions": pa.int64(),
+    "agreement_forced": pa.bool_(),  # teacher-forced (true) or free-running (the engine cannot force)
+}
 
 
 def _check(gen: Generation, batch: int, new_tokens: int, backend: Backend) -> None:
@@ -26,15 +43,15 @@ def _check(gen: Generation, batch: int, new_tokens: int, backend: Backend) -> No
                            f"({batch}, {new_tokens}) and {new_tokens - 1}")
 
 
-def measure(backend: Backend, spec: ModelSpec, workload: dict, point_id: str, tel,
+def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str, tel,
             phase: Callable[[str], None]) -> tuple[dict, list, object]:
     """Returns the point's measured columns, its samples rows [repeat, step, tpot_ms] and its
     PointTelemetry (samples() and kernels() to read)."""
-    B, C, N, R = (workload[k] for k in ("batch_size", "context_len", "new_tokens", "repeats"))
-    x = prompts(spec, workload["seed"], C, B)
+    B, C, N, R = workload.batch_size, workload.context_len, workload.new_tokens, workload.repeats
+    x = prompts(spec, workload.seed, C, B)
     phase("warmup")
-    for _ in range(workload["warmup"]):
-        backend.generate(x, min(N, workload["warmup_tokens"]))
+    for _ in range(workload.warmup):
+        backend.generate(x, min(N, workload.warmup_tokens))
     phase("measure")
     gens, e2e = [], []
     with tel.point(point_id, profile=tel.profiles(point_id), categorize=backend.kernel_category) as pt:
@@ -63,12 +80,12 @@ def measure(backend: Backend, spec: ModelSpec, workload: dict, point_id: str, te
     return row, samples, pt
 
 
-def agreement(backend: Backend, spec: ModelSpec, workload: dict, reference: list[list[int]]) -> dict:
+def agreement(backend: Backend, spec: ModelSpec, workload: Workload, reference: list[list[int]]) -> dict:
     """Share of positions where the backend's greedy token equals the reference's, with the
     reference tokens fed back (teacher forcing) where the backend can, free-running where not."""
     ref = torch.tensor(reference, dtype=torch.long)
     n, m = ref.shape
-    x = prompts(spec, workload["seed"], workload["context_len"], n)
+    x = prompts(spec, workload.seed, workload.context_len, n)
     try:
         got, forced = backend.generate(x, m, forced=ref).tokens, True
     except NotImplementedError:

@@ -7,6 +7,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.config import ModelChoice, PointConfig
 from harness.model.spec import ModelSpec, get_spec
 
 
@@ -15,7 +16,15 @@ class Point:
     point_id: str
     group: str  # the worker group: points that share a backend, model, quant and load options
     overrides: list[str]  # what distinguishes it, as Hydra overrides
-    config: dict  # backend, model, quant, workload, telemetry, agreement, device: resolved
+    config: PointConfig
+
+    def to_dict(self) -> dict:
+        return {"point_id": self.point_id, "group": self.group, "overrides": list(self.overrides),
+                "config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Point:
+        return cls(d["point_id"], d["group"], d["overrides"], PointConfig.from_dict(d["config"]))
 
 
 def load_class(target: str) -> type:
@@ -30,16 +39,6 @@ def _checkpoint_spec(path: str) -> ModelSpec:
     return validate_checkpoint(Path(path))
 
 
-def model_spec(model: dict) -> ModelSpec:
+def model_spec(model: ModelChoice) -> ModelSpec:
     """The architecture: the checkpoint's config.json when model.path is set, else the named spec."""
-    return _checkpoint_spec(model["path"]) if model.get("path") else get_spec(model["name"])
-
-
-def positions(config: dict) -> int:
-    """The longest sequence any call of the point reaches: its own, the profiler window's, the
-    agreement check's."""
-    w, tel, agreement = config["workload"], config["telemetry"], config["agreement"]
-    profiled = tel.get("profile", "off") not in ("off", False, None)
-    longest = max(w["new_tokens"], tel.get("profile_steps", 0) + 1 if profiled else 0,
-                  agreement["tokens"] if agreement["enabled"] else 0)
-    return w["context_len"] + longest
+    return _checkpoint_spec(model.path) if model.path else get_spec(model.name)

@@ -11,26 +11,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
+from harness.config import TelemetryConfig
+from harness.model.spec import weight_format
 from harness.results import write_text_atomic
+from harness.runner import messages as M
 from harness.runner.point import Point
 from harness.runner.worker_process import WorkerDied, WorkerProcess, WorkerTimeout
 
 log = logging.getLogger(__name__)
-QUIET = {"nvml": False, "nvtx": False}  # the reference worker is not measured
+QUIET = TelemetryConfig(nvml=False, nvtx=False)  # the reference worker is not measured
 
 
 def reference_key(point: Point) -> dict | None:
     """What a point's reference depends on; None when agreement is off."""
-    a, m, w = point.config["agreement"], point.config["model"], point.config["workload"]
-    if not a["enabled"]:
+    c = point.config
+    a, m, w = c.agreement, c.model, c.workload
+    if not a.enabled:
         return None
-    weights = {"checkpoint": m["path"]} if m["path"] else \
-        {"synthetic": m["name"], "seed": w["seed"], "router_skew": w["router_skew"]}
-    return {"weights": weights, "quant": point.config["quant"]["name"], "seed": w["seed"],
-            "context_len": w["context_len"], "seqs": min(w["batch_size"], a["seqs"]), "tokens": a["tokens"],
-            "oracle": a["reference"]}
+    weights = {"checkpoint": m.path} if m.path else {"synthetic": m.name, "seed": w.seed, "router_skew": w.router_skew}
+    return {"weights": weights, "quant": weight_format(c.quant), "seed": w.seed, "context_len": w.context_len,
+            "seqs": min(w.batch_size, a.seqs), "tokens": a.tokens, "oracle": asdict(a.reference)}
 
 
 class ReferenceCache:
@@ -62,13 +65,12 @@ def references(points: list[Point], cache: ReferenceCache, log_path: Path, cache
 
 
 def _compute(keys: list[dict], point: Point, cache: ReferenceCache, log_path: Path, cache_dir: str) -> None:
-    cfg = point.config
-    oracle, w = cfg["agreement"]["reference"], cfg["workload"]
+    oracle = point.config.agreement.reference
     with open(log_path, "a") as f:
-        f.write(f"== agreement references: {len(keys)} prompt shapes on {oracle['name']}\n")
-    worker = WorkerProcess(oracle.get("python"), log_path)
+        f.write(f"== agreement references: {len(keys)} prompt shapes on {oracle.name}\n")
+    worker = WorkerProcess(oracle.python, log_path)
     try:
-        _ask(worker, keys, cfg, oracle, w, cache, cache_dir)
+        _ask(worker, keys, point, cache, cache_dir)
     except (WorkerTimeout, WorkerDied) as e:
         log.warning("agreement reference worker: %s; agreement stays null", e)
     except BaseException:
@@ -77,21 +79,21 @@ def _compute(keys: list[dict], point: Point, cache: ReferenceCache, log_path: Pa
     worker.close()
 
 
-def _ask(worker, keys, cfg, oracle, w, cache, cache_dir) -> None:
-    worker.request(None, w["load_timeout_s"])
-    loaded = worker.request({
-        "type": "load", "backend": oracle, "model": cfg["model"], "quant": cfg["quant"]["name"],
-        "workload": w, "device": cfg["device"], "telemetry": QUIET, "trace_dir": None,
-        "cache_dir": cache_dir, "max_batch_size": max(k["seqs"] for k in keys),
-        "max_seq_len": max(k["context_len"] + k["tokens"] for k in keys)}, w["load_timeout_s"])
-    if loaded["status"] != "ok":
-        log.warning("agreement reference: %s could not load (%s); agreement stays null", oracle["name"],
-                    loaded["error"])
+def _ask(worker: WorkerProcess, keys: list[dict], point: Point, cache: ReferenceCache, cache_dir: str) -> None:
+    c = point.config
+    oracle, w = c.agreement.reference, c.workload
+    worker.request(None, w.load_timeout_s)
+    load = M.Load.for_points(oracle, [c], cache_dir, None, telemetry=QUIET,
+                             max_batch_size=max(k["seqs"] for k in keys),
+                             max_seq_len=max(k["context_len"] + k["tokens"] for k in keys))
+    load.quant = weight_format(c.quant)
+    loaded = worker.request(load, w.load_timeout_s)
+    if loaded.status != "ok":
+        log.warning("agreement reference: %s could not load (%s); agreement stays null", oracle.name, loaded.error)
         return
     for key in keys:
-        res = worker.request({"type": "reference", "seed": key["seed"], "context_len": key["context_len"],
-                              "seqs": key["seqs"], "tokens": key["tokens"]}, w["timeout_s"])
-        if res["status"] == "ok":
-            cache.put(key, res["tokens"])
+        res = worker.request(M.Reference(key["seed"], key["context_len"], key["seqs"], key["tokens"]), w.timeout_s)
+        if res.status == "ok":
+            cache.put(key, res.data["tokens"])
         else:
-            log.warning("agreement reference at context %d failed (%s)", key["context_len"], res["error"])
+            log.warning("agreement reference at context %d failed (%s)", key["context_len"], res.error)

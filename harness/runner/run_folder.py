@@ -1,4 +1,4 @@
-"""One run folder, results/<run_id>/ (shared/design/RESULTS.md), shared by every job of a sweep.
+"""One run folder, results/<run_id>/ (docs/results.md), shared by every job of a sweep.
 
 Jobs may run at once (a parallel Hydra launcher), so every update of a table is a
 read-modify-write under an exclusive lock on <run>/.lock, and every write is atomic: readers
@@ -11,17 +11,25 @@ import contextlib
 import fcntl
 import itertools
 import json
-from dataclasses import asdict
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
 from harness.results import (POINT_COLUMNS, SAMPLE_COLUMNS, env_fingerprint, to_table, write_atomic, write_env,
                              write_text_atomic)
 from harness.runner.point import Point
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a folder name every shell and URL takes as it is
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be made, found or taken: the message says which and why."""
 
 
 def new_run_id() -> str:
@@ -36,6 +44,9 @@ class RunFolder:
     @classmethod
     def create(cls, results_dir: Path, run_id: str | None) -> "RunFolder":
         """A new, empty run folder; a timestamp id gets a suffix if that second is taken."""
+        if run_id is not None and not RUN_ID.fullmatch(str(run_id)):
+            raise RunFolderError(f"run_id={run_id!r}: use letters, digits, '.', '_' and '-' only "
+                                 "(it names a folder and a report file)")
         results_dir.mkdir(parents=True, exist_ok=True)
         base = run_id or new_run_id()
         for n in itertools.count():
@@ -45,7 +56,7 @@ class RunFolder:
                 break
             except FileExistsError:
                 if run_id:
-                    raise FileExistsError(f"run folder {path} exists: pick another run_id or resume=true") from None
+                    raise RunFolderError(f"run folder {path} exists: pick another run_id or resume=true") from None
         run = cls(path)
         (path / "logs").mkdir()
         write_atomic(to_table(pd.DataFrame(), POINT_COLUMNS), path / "points.parquet")
@@ -56,21 +67,36 @@ class RunFolder:
     @classmethod
     def existing(cls, path: Path) -> "RunFolder":
         if not (path / "config.yaml").is_file():
-            raise FileNotFoundError(f"{path}: not a run folder of gptoss-bench (no config.yaml)")
+            raise RunFolderError(f"{path}: not a run folder of gptoss-bench (no config.yaml)")
         return cls(path)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Held while a sweep runs the folder's points: a second sweep of the same run (two
+        resumes at once) is refused instead of measuring the same points twice."""
+        with open(self.path / ".sweep.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderError(f"{self.path} is being run by another gptoss-bench right now; "
+                                     "wait for it to end, then resume if points are left") from None
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # ---- the sweep ----------------------------------------------------------------------------
     def write_config(self, config: dict, overrides: list[str], points: list[Point]) -> None:
         """config.yaml: the resolved configuration, the sweep's overrides and every point."""
         doc = {**config, "run_id": self.run_id,
-               "sweep": {"overrides": overrides, "points": [asdict(p) for p in points]}}
+               "sweep": {"overrides": overrides, "points": [p.to_dict() for p in points]}}
         write_text_atomic(OmegaConf.to_yaml(OmegaConf.create(doc)), self.path / "config.yaml")
 
     def config(self) -> dict:
         return OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml"))
 
     def points(self) -> list[Point]:
-        return [Point(**p) for p in self.config()["sweep"]["points"]]
+        return [Point.from_dict(p) for p in self.config()["sweep"]["points"]]
 
     def ok_point_ids(self) -> set[str]:
         points = pq.read_table(self.path / "points.parquet", columns=["point_id", "status"]).to_pandas()
@@ -101,15 +127,17 @@ class RunFolder:
         write_atomic(to_table(table, columns), path)
 
     def add_point(self, row: dict, samples: pd.DataFrame | None = None, telemetry: pd.DataFrame | None = None,
-                  kernels: pd.DataFrame | None = None) -> None:
-        """Record one point's outcome, replacing what an earlier attempt at it left."""
+                  kernels: pd.DataFrame | None = None, backend_columns: dict[str, str] | None = None) -> None:
+        """Record one point's outcome, replacing what an earlier attempt at it left.
+        backend_columns: the engine's own columns and their arrow types (Backend.columns_schema)."""
         from harness.telemetry import KERNEL_COLUMNS, TELEMETRY_COLUMNS
         pid = row["point_id"]
+        extra = {k: pa.type_for_alias(v) for k, v in (backend_columns or {}).items() if k not in POINT_COLUMNS}
         with self._locked():
             self._replace("samples", pid, samples, SAMPLE_COLUMNS)
             self._replace("telemetry", pid, telemetry, TELEMETRY_COLUMNS)
             self._replace("kernels", pid, kernels, KERNEL_COLUMNS)
-            self._replace("points", pid, pd.DataFrame([row]), POINT_COLUMNS)
+            self._replace("points", pid, pd.DataFrame([row]), {**POINT_COLUMNS, **extra})
 
     def update_env(self, host: dict, group: str, worker: dict) -> None:
         """env.json: the fingerprint of the host that runs the points (a SLURM node, say, rather than

@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
 from collections import defaultdict
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Callable
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from harness.config import Agreement, BackendChoice, ModelChoice, PointConfig, SweepConfig, TelemetryConfig, Workload
 from harness.model.spec import QUANT_MODES, SPECS
-from harness.runner.point import Point, load_class, model_spec, positions
+from harness.runner.point import Point, load_class, model_spec
 from harness.runner.worker_process import REPO_ROOT
-
-POINT_KEYS = ("backend", "model", "quant", "workload", "telemetry", "agreement", "device")
-PER_POINT = ("batch_size", "context_len", "new_tokens", "warmup", "warmup_tokens", "repeats", "timeout_s")
 
 
 class SweepError(ValueError):
@@ -72,17 +72,58 @@ def _triton_mxfp4(compose) -> bool:
 
 
 def _interpreter(python: str | None) -> str | None:
-    """backend.python as an absolute path: a relative path (.venv-vllm/bin/python) is relative to
-    the repository root, where the backend yamls and their setup scripts live."""
+    """backend.python as an absolute path. A relative path (.venv-vllm/bin/python) is taken from
+    the working directory where it exists there, else from the checkout the harness runs from,
+    where the backend yamls' setup scripts put it."""
     if not python or "/" not in python:
         return python  # null, or a command name found on PATH
-    return os.path.normpath(REPO_ROOT / Path(python).expanduser())  # no resolve(): a venv's python is a symlink
+    path = Path(python).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    return os.path.normpath(path.absolute())  # no resolve(): a venv's python is a symlink
+
+
+def _unknown_keys(node, schema: type, prefix: str = "") -> list[str]:
+    """Keys the schema does not declare (`+key=value` adds them past Hydra's own struct check),
+    each named and taken out of `node`, so the rest of the point can still be checked."""
+    known = {f.name: f for f in fields(schema)}
+    out = []
+    for k in [k for k in node if k not in known and k != "hydra"]:
+        out.append(f"{prefix}{k}: unknown key; known: {sorted(known)}")
+        with open_dict(node):
+            del node[k]
+    for name, f in known.items():
+        if is_dataclass(f.default_factory) and name in node:
+            out += _unknown_keys(node[name], f.default_factory, f"{prefix}{name}.")
+    return out
+
+
+def point_config(cfg: DictConfig) -> PointConfig:
+    """The typed config of one composed point; paths made absolute."""
+    def backend(node) -> BackendChoice:
+        b = BackendChoice.from_yaml(OmegaConf.to_container(node, resolve=True))
+        b.python = _interpreter(b.python)
+        return b
+
+    model = ModelChoice(**OmegaConf.to_container(cfg.model, resolve=True))
+    if model.path:
+        model.path = str(Path(model.path).expanduser().resolve())
+    a = cfg.agreement
+    return PointConfig(backend(cfg.backend), model, cfg.quant.name, Workload(**OmegaConf.to_container(cfg.workload)),
+                       TelemetryConfig.from_cfg(OmegaConf.to_container(cfg.telemetry)),
+                       Agreement(a.enabled, a.seqs, a.tokens, backend(a.reference)), cfg.device)
+
+
+def _first_lines(e: Exception) -> str:
+    """Hydra's message of a failed composition: its first line, and the line that names the key."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return " ".join(lines[:2])
 
 
 def expand(compose: Callable[[list[str]], DictConfig], combos: list[list[str]]) -> list[Point]:
     """Compose, resolve and validate every combination; raise SweepError listing every problem."""
     problems: dict[str, list[str]] = defaultdict(list)
-    configs: list[tuple[list[str], dict]] = []
+    configs: list[tuple[list[str], PointConfig]] = []
     # Every combination lists the keys in the same order: a column of zip(*combos) is one key.
     swept = {o for column in zip(*combos) if len(set(column)) > 1 for o in column}
     for combo in combos:
@@ -93,27 +134,24 @@ def expand(compose: Callable[[list[str]], DictConfig], combos: list[list[str]]) 
             if extra:
                 combo = combo + extra
                 cfg = compose(combo)
+            unknown = _unknown_keys(cfg, SweepConfig)
+            config = point_config(cfg)
         except Exception as e:  # Hydra names the group or key it could not compose
-            problems[str(e).strip().splitlines()[0]].append(label)
+            problems[_first_lines(e)].append(label)
             continue
-        config = plain(cfg, POINT_KEYS)
-        if config["model"].get("path"):
-            config["model"]["path"] = str(Path(config["model"]["path"]).expanduser().resolve())
-        for backend in (config["backend"], config["agreement"]["reference"]):
-            backend["python"] = _interpreter(backend.get("python"))
-        for problem in point_problems(config):
+        for problem in unknown + point_problems(config):
             problems[problem].append(label)
         configs.append((combo, config))
     seen: dict[str, str] = {}
     for combo, config in configs:
-        key = json.dumps(config, sort_keys=True)
+        key = json.dumps(config.to_dict(), sort_keys=True)
         if key in seen:
             problems["the same point twice (a swept key that is not part of a point?)"].append(" ".join(combo))
         seen[key] = " ".join(combo)
     if problems:
         lines = [f"invalid sweep ({len(combos)} points), nothing was run:"]
         for problem, labels in problems.items():
-            lines.append(f"  {problem}")
+            lines.append("  " + problem.replace("\n", "\n    "))
             lines += [f"      in [{label}]" for label in labels]
         raise SweepError("\n".join(lines))
     return _name(configs)
@@ -131,90 +169,95 @@ def _unique(names: list[str], keys: list) -> list[str]:
     return [n if len(owners[n]) == 1 else f"{n}-{_digest(k)}" for n, k in zip(names, keys)]
 
 
-def _name(configs: list[tuple[list[str], dict]]) -> list[Point]:
+def _name(configs: list[tuple[list[str], PointConfig]]) -> list[Point]:
     """Readable, stable ids: backend-model-quant-b<batch>-c<context>-n<new>; groups backend-model-quant."""
     group_keys, group_names, point_names = [], [], []
     for _, c in configs:
-        w = c["workload"]
-        stem = f"{c['backend']['name']}-{model_spec(c['model']).name}-{c['quant']['name']}"
-        group_keys.append({**c, "workload": {k: v for k, v in w.items() if k not in PER_POINT},
-                           "agreement": c["agreement"]["reference"]})
+        w = c.workload
+        stem = f"{c.backend.name}-{model_spec(c.model).name}-{c.quant}"
+        group_keys.append(c.group_key())
         group_names.append(stem)
-        point_names.append(f"{stem}-b{w['batch_size']}-c{w['context_len']}-n{w['new_tokens']}")
+        point_names.append(f"{stem}-b{w.batch_size}-c{w.context_len}-n{w.new_tokens}")
     groups = _unique(group_names, group_keys)
-    ids = _unique(point_names, [c for _, c in configs])
+    ids = _unique(point_names, [c.to_dict() for _, c in configs])
     return [Point(pid, g, combo, config) for pid, g, (combo, config) in zip(ids, groups, configs)]
 
 
 # ---- validation ------------------------------------------------------------------------------------
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _options(cls: type) -> set[str] | None:
+    """The engine options a backend class takes: the named parameters of its constructors, up the
+    classes whose constructor passes the rest on (**options), to the contract's Backend."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        if klass.__module__ == "harness.engine":
+            return names
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return names
 
 
-def point_problems(c: dict) -> list[str]:
+def _backend_problems(b: BackendChoice, key: str, quant: str | None, device: str) -> list[str]:
+    if not b.target:
+        return [f"{key}={b.name}: no _target_ (the backend class) in its yaml"]
+    try:
+        cls = load_class(b.target)
+    except Exception as e:
+        return [f"{key}._target_={b.target}: cannot import ({type(e).__name__}: {e})"]
+    out = []
+    known = _options(cls)
+    out += [f"{key}.{k}: not an option of {b.target}; options: {sorted(known)}" for k in b.options if k not in known]
+    if b.python and not (shutil.which(b.python) or os.access(b.python, os.X_OK)):
+        out.append(f"{key}.python={b.python}: not an executable")
+    if quant is not None and quant in QUANT_MODES:
+        supported = tuple(b.quants or cls.quants)
+        if quant not in supported:
+            out.append(f"quant={quant}: backend {b.name} supports only {list(supported)}")
+        else:
+            out += cls.problems(quant, device, b.options)
+    return out
+
+
+def point_problems(c: PointConfig) -> list[str]:
     """What is wrong with one point's config, each problem starting with the key it concerns."""
     out = []
-    b, m, q, w, a = c["backend"], c["model"], c["quant"], c["workload"], c["agreement"]
-    cls = None
-    if not b.get("_target_"):
-        out.append(f"backend={b.get('name')}: no _target_ (the backend class) in its yaml")
-    else:
-        try:
-            cls = load_class(b["_target_"])
-        except Exception as e:
-            out.append(f"backend._target_={b['_target_']}: cannot import ({type(e).__name__}: {e})")
-    python = b.get("python")
-    if python and not (shutil.which(python) or os.access(python, os.X_OK)):
-        out.append(f"backend.python={python}: not an executable")
-    if q["name"] not in QUANT_MODES:
-        out.append(f"quant={q['name']}: unknown quant mode; known: {list(QUANT_MODES)}")
-    elif cls is not None:
-        supported = tuple(b.get("quants") or cls.quants)
-        if q["name"] not in supported:
-            out.append(f"quant={q['name']}: backend {b['name']} supports only {list(supported)}")
+    if c.quant not in QUANT_MODES:
+        out.append(f"quant={c.quant}: unknown quant mode; known: {list(QUANT_MODES)}")
+    out += _backend_problems(c.backend, "backend", c.quant, c.device)
+    if c.agreement.enabled:
+        out += _backend_problems(c.agreement.reference, "agreement.reference", None, c.device)
 
-    spec = None
-    if m.get("path"):
-        if not Path(m["path"]).is_dir():
-            out.append(f"model.path={m['path']}: no such directory")
+    m, spec = c.model, None
+    if m.path:
+        if not Path(m.path).is_dir():
+            out.append(f"model.path={m.path}: no such directory")
         else:
             try:
                 spec = model_spec(m)
-            except Exception as e:
-                out.append(f"model.path={m['path']}: {str(e).splitlines()[0]}")
-    elif m["name"] not in SPECS:
-        out.append(f"model={m['name']}: unknown model; known: {sorted(SPECS)} (or set model.path)")
+            except Exception as e:  # the validator lists every problem, one per line
+                out.append(f"model.path={m.path}: " + str(e).strip())
+    elif m.name not in SPECS:
+        out.append(f"model={m.name}: unknown model; known: {sorted(SPECS)} (or set model.path)")
     else:
         spec = model_spec(m)
-    if m.get("synthetic") not in ("disk", "device"):
-        out.append(f"model.synthetic={m.get('synthetic')}: expected disk or device")
+    if m.synthetic not in ("disk", "device"):
+        out.append(f"model.synthetic={m.synthetic}: expected disk or device")
 
-    for key in ("batch_size", "context_len", "repeats", "warmup_tokens"):
-        if not _positive_int(w[key]):
-            out.append(f"workload.{key}={w[key]}: must be a positive integer")
-    if not (_positive_int(w["new_tokens"]) and w["new_tokens"] >= 2):
-        out.append(f"workload.new_tokens={w['new_tokens']}: must be an integer >= 2 (a prefill and a decode step)")
-    if not (isinstance(w["warmup"], int) and w["warmup"] >= 0):
-        out.append(f"workload.warmup={w['warmup']}: must be an integer >= 0")
-    for key in ("timeout_s", "load_timeout_s"):
-        if not (isinstance(w[key], (int, float)) and w[key] > 0):
-            out.append(f"workload.{key}={w[key]}: must be a positive number")
-    if a["enabled"] and not (_positive_int(a["seqs"]) and _positive_int(a["tokens"])):
-        out.append(f"agreement.seqs={a['seqs']}, agreement.tokens={a['tokens']}: must be positive integers")
-    lengths_valid = _positive_int(w["context_len"]) and _positive_int(w["new_tokens"]) \
-        and (not a["enabled"] or _positive_int(a["tokens"]))
-    if spec is not None and lengths_valid:
-        need = positions(c)
-        if need > spec.max_position_embeddings:
-            out.append(f"workload.context_len={w['context_len']} + workload.new_tokens={w['new_tokens']}: "
-                       f"{need} positions exceed max_position_embeddings={spec.max_position_embeddings} "
-                       f"of {spec.name}")
-    try:
-        from harness.telemetry import TelemetryConfig
-        TelemetryConfig.from_cfg(c["telemetry"])
-    except ValueError as e:
-        out.append(str(e))
-    device = c["device"]
-    if not (device in ("auto", "cpu", "cuda") or (isinstance(device, str) and device.startswith("cuda:"))):
+    w, a = c.workload, c.agreement
+    out += w.problems()
+    if a.enabled and not (a.seqs > 0 and a.tokens > 0):
+        out.append(f"agreement.seqs={a.seqs}, agreement.tokens={a.tokens}: must be positive integers")
+    if spec is not None and not w.problems() and c.positions() > spec.max_position_embeddings:
+        out.append(f"workload.context_len={w.context_len} + workload.new_tokens={w.new_tokens}: "
+                   f"{c.positions()} positions exceed max_position_embeddings={spec.max_position_embeddings} "
+                   f"of {spec.name}")
+    device = c.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         out.append(f"device={device}: expected auto, cpu, cuda or cuda:N")
+    elif device.startswith("cuda") and c.backend.python is None and not _cuda():
+        out.append(f"device={device}: no CUDA GPU is visible here (torch.cuda.is_available() is false); "
+                   "use device=auto or device=cpu")
     return out

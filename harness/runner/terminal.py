@@ -50,9 +50,10 @@ def _fmt(value, spec: str) -> str:
     return "" if value is None or pd.isna(value) else format(value, spec)
 
 
-def summary(points: pd.DataFrame) -> list:
+def summary(points: pd.DataFrame, reference: str = "torch_ref") -> list:
     """A table per worker group, one line per point, then the error of each failed point. mem is
-    NVML's device peak where there is one, else torch's."""
+    NVML's device peak where there is one, else torch's; `self` in the agree column marks the
+    reference compared with itself (a determinism check, not an agreement)."""
     out = []
     for group, rows in points.groupby("group", sort=False):
         table = Table(title=group, title_justify="left", title_style="bold")
@@ -64,8 +65,10 @@ def summary(points: pd.DataFrame) -> list:
             label = r.point_id.removeprefix(f"{group}-")
             table.add_row(label, f"[{STATUS_STYLE.get(r.status, 'white')}]{r.status}[/]", _fmt(r.ttft_ms, ".1f"),
                           _fmt(r.tpot_ms_p50, ".2f"), _fmt(r.decode_tok_s, ".0f"), _fmt(mem, ".2f"),
-                          _fmt(r.agreement, ".3f"))
+                          "self" if r.backend == reference and pd.notna(r.agreement) else _fmt(r.agreement, ".3f"))
             if r.error:
                 errors.append(f"  {label}: {r.error}")
         out += [table, *errors]
+    if len(points) and points.peak_mem_gib.isna().all() and points.torch_peak_gib.isna().all():
+        out.append("mem GiB: not measured here (no GPU: NVML and torch's CUDA allocator count device memory only)")
     return out

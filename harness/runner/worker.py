@@ -3,9 +3,9 @@
     python -m harness.runner.worker CMD_FD REC_FD
 
 Commands arrive as JSON lines on CMD_FD and records leave on REC_FD, never on stdout or stderr:
-engines print, and both of those go to the group's log. The first record is `hello`; every
-command gets `phase` records while it runs and ends with one `result` whose `status` is ok, oom,
-error or skipped. An exception ends a command, not the worker (the traceback goes to the log);
+engines print, and both of those go to the group's log. Both are the typed records of
+harness.runner.messages: the first record is Hello; every command gets Phase records while it
+runs and ends with one Result whose `status` is ok, oom, error or skipped. An exception ends a command, not the worker (the traceback goes to the log);
 after an out-of-memory error the worker frees what it can and serves the next point.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import importlib.metadata
-import json
 import os
 import sys
 import time
@@ -22,15 +21,15 @@ from pathlib import Path
 
 import torch
 
+from harness.analysis.calibration import calibrate
 from harness.engine import Backend, DoesNotFit, LoadRequest
 from harness.model.spec import ModelSpec
 from harness.results import cpu_model
+from harness.runner import messages as M
 from harness.runner.measure import agreement, measure
 from harness.runner.point import load_class, model_spec
 from harness.runner.prompts import prompts
 from harness.telemetry import Telemetry
-
-HARNESS_KEYS = ("_target_", "name", "python", "quants")  # backend yaml keys that are not engine options
 
 
 def outcome(exc: BaseException) -> tuple[str, str]:
@@ -83,27 +82,25 @@ class Server:
         self.tel = None
 
     def phase(self, name: str) -> None:
-        self.send({"type": "phase", "phase": name})
+        self.send(M.Phase(name))
 
-    def handle(self, msg: dict) -> dict:
+    def handle(self, msg) -> M.Result:
         try:
-            return {"status": "ok", **getattr(self, msg["type"])(msg)}
+            return M.Result("ok", data=getattr(self, msg.type)(msg))
         except Exception as e:
             traceback.print_exc()
             status, error = outcome(e)
-            out = {"status": status, "error": error}
-            if isinstance(e, DoesNotFit):
-                out["required_gib"] = e.required_bytes / 2**30
+            out = M.Result(status, error, required_gib=e.required_bytes / 2**30 if isinstance(e, DoesNotFit) else None)
         # Outside the except block: the traceback no longer pins the failed step's tensors.
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return out
 
-    def load(self, msg: dict) -> dict:
+    def load(self, msg: M.Load) -> dict:
         """Build the backend from its yaml and load the group's model once, sized for its largest point."""
-        cfg, model, w = msg["backend"], msg["model"], msg["workload"]
-        device = msg["device"]
+        w = msg.workload
+        device = msg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
@@ -111,36 +108,40 @@ class Server:
             if device.index is None:  # set_device and the engines want an index
                 device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
-        self.send({"type": "facts", **device_facts(device)})
-        self.spec = model_spec(model)
-        checkpoint = Path(model["path"]) if model.get("path") else None
-        if checkpoint is None and model["synthetic"] == "disk":
+        self.send(M.Facts(device_facts(device)))
+        self.spec = model_spec(msg.model)
+        checkpoint = Path(msg.model.path) if msg.model.path else None
+        if checkpoint is None and msg.model.synthetic == "disk":
             from harness.model.synthetic import synthetic_checkpoint
             self.phase("synthetic checkpoint")
-            checkpoint = synthetic_checkpoint(self.spec, w["seed"], w["router_skew"],
-                                              cache_dir=Path(msg["cache_dir"]) / "checkpoints", progress=False)
-        request = LoadRequest(self.spec, msg["quant"], checkpoint, w["seed"], w["router_skew"], str(device),
-                              msg["max_batch_size"], msg["max_seq_len"])
+            checkpoint = synthetic_checkpoint(self.spec, w.seed, w.router_skew,
+                                              cache_dir=Path(msg.cache_dir) / "checkpoints", progress=False)
+        request = LoadRequest(self.spec, msg.quant, checkpoint, w.seed, w.router_skew, str(device),
+                              msg.max_batch_size, msg.max_seq_len)
         self.phase("load")
         t0 = time.perf_counter()
-        self.backend = load_class(cfg["_target_"])(**{k: v for k, v in cfg.items() if k not in HARNESS_KEYS})
+        cls = load_class(msg.backend.target)
+        self.backend = cls(**msg.backend.options)
         self.backend.load(request)
         load_s = time.perf_counter() - t0
-        self.tel = Telemetry(msg["telemetry"], device_index=device.index or 0, trace_dir=msg["trace_dir"])
-        return {"load_s": load_s, "backend_version": self.backend.version(), "telemetry_env": self.tel.env()}
+        self.tel = Telemetry(msg.telemetry, device_index=device.index or 0, trace_dir=msg.trace_dir)
+        # The device's own ceilings, measured once per GPU and driver (cached): MBU and MFU divide by
+        # them. Not in the oracle's worker, whose telemetry is off: nothing of it is measured.
+        ceilings = calibrate(device, msg.cache_dir) if device.type == "cuda" and msg.telemetry.nvml else None
+        return {"load_s": load_s, "backend_version": self.backend.version(), "telemetry_env": self.tel.env(),
+                "columns": dict(cls.columns_schema), "ceilings": ceilings.to_dict() if ceilings else None}
 
-    def point(self, msg: dict) -> dict:
-        row, samples, pt = measure(self.backend, self.spec, msg["workload"], msg["point_id"], self.tel, self.phase)
+    def point(self, msg: M.RunPoint) -> dict:
+        row, samples, pt = measure(self.backend, self.spec, msg.workload, msg.point_id, self.tel, self.phase)
         out = {"row": row, "samples": samples, "telemetry": _frame(pt.samples()), "kernels": _frame(pt.kernels())}
-        if msg.get("reference") is not None:
+        if msg.reference is not None:
             self.phase("agreement")
-            row.update(agreement(self.backend, self.spec, msg["workload"], msg["reference"]))
+            row.update(agreement(self.backend, self.spec, msg.workload, msg.reference))
         return out
 
-    def reference(self, msg: dict) -> dict:
-        """The greedy tokens of the first `seqs` prompt rows at `context_len`, `tokens` positions."""
-        x = prompts(self.spec, msg["seed"], msg["context_len"], msg["seqs"])
-        return {"tokens": self.backend.generate(x, msg["tokens"]).tokens.tolist()}
+    def reference(self, msg: M.Reference) -> dict:
+        x = prompts(self.spec, msg.seed, msg.context_len, msg.seqs)
+        return {"tokens": self.backend.generate(x, msg.tokens).tokens.tolist()}
 
     def close(self) -> None:
         if self.tel is not None:
@@ -153,17 +154,17 @@ def main(argv: list[str]) -> None:
     commands = os.fdopen(int(argv[1]), "r")
     records = os.fdopen(int(argv[2]), "w")
 
-    def send(msg: dict) -> None:
-        records.write(json.dumps(msg, default=_plain) + "\n")
+    def send(msg) -> None:
+        records.write(M.encode(msg, default=_plain) + "\n")
         records.flush()
 
-    send({"type": "hello", "pid": os.getpid()})
+    send(M.Hello(os.getpid()))
     server = Server(send)
     for line in commands:
-        msg = json.loads(line)
-        if msg["type"] == "close":
+        msg = M.decode(line)
+        if isinstance(msg, M.Close):
             break
-        send({"type": "result", **server.handle(msg)})
+        send(server.handle(msg))
     server.close()
 
 

@@ -7,7 +7,6 @@ them with a deadline.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import harness
+from harness.runner import messages as M
 
 REPO_ROOT = Path(harness.__file__).resolve().parents[1]
 
@@ -59,15 +59,16 @@ class WorkerProcess:
 
     def _read(self, stream) -> None:
         for line in stream:
-            self.records.put(json.loads(line))
+            self.records.put(M.decode(line))
         self.records.put(None)  # the child closed its end: it exited or died
 
-    def request(self, msg: dict | None, timeout_s: float, on_record: Callable[[dict], None] = lambda r: None) -> dict:
-        """Send `msg` (None: only wait) and return its result record, passing the others to
-        `on_record`. Raises WorkerTimeout after `timeout_s`, WorkerDied naming the exit signal."""
+    def request(self, msg=None, timeout_s: float = 60, on_record: Callable = lambda r: None):
+        """Send `msg` (a harness.runner.messages command; None: only wait for Hello) and return its
+        Result, passing the other records to `on_record`. Raises WorkerTimeout after `timeout_s`,
+        WorkerDied naming the exit signal."""
         if msg is not None:
             try:
-                self.commands.write(json.dumps(msg) + "\n")
+                self.commands.write(M.encode(msg) + "\n")
                 self.commands.flush()
             except BrokenPipeError:
                 raise WorkerDied(self.exit_reason()) from None
@@ -79,7 +80,7 @@ class WorkerProcess:
                 raise WorkerTimeout(f"no result after {timeout_s:g} s") from None
             if rec is None:
                 raise WorkerDied(self.exit_reason())
-            if rec["type"] in ("result", "hello"):
+            if isinstance(rec, (M.Result, M.Hello)):
                 return rec
             on_record(rec)
 
@@ -102,7 +103,7 @@ class WorkerProcess:
     def close(self, timeout_s: float = 60) -> None:
         """Ask the worker to release its engine and exit; kill it if it does not within `timeout_s`."""
         try:
-            self.commands.write(json.dumps({"type": "close"}) + "\n")
+            self.commands.write(M.encode(M.Close()) + "\n")
             self.commands.close()
             self.proc.wait(timeout=timeout_s)
         except (BrokenPipeError, subprocess.TimeoutExpired):

@@ -23,7 +23,6 @@ import contextlib
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -34,6 +33,7 @@ import pynvml
 import torch
 from torch.profiler import ProfilerActivity, record_function
 
+from harness.config import TelemetryConfig
 from harness.telemetry import energy, nvml_sampler, nvtx_ranges, throttle
 from harness.telemetry.energy import Window
 from harness.telemetry.kernel_timeline import kernel_table, nest_trace
@@ -52,37 +52,12 @@ KERNEL_COLUMNS: dict[str, pa.DataType] = {
     "point_id": pa.string(), "phase": pa.string(), "kernel": pa.string(), "category": pa.string(),
     "calls": pa.int64(), "total_ms": pa.float64(), "mean_us": pa.float64(), "share": pa.float64(),
 }
-POINT_TELEMETRY_COLUMNS = ("power_w_mean", "power_w_max", "prefill_energy_j", "decode_energy_j", "energy_j_per_tok",
-                           "energy_source", "power_valid", "peak_mem_gib", "torch_peak_gib", "sm_clock_mhz_mean",
-                           "throttled", "throttle_reasons")
-
-
-@dataclass(frozen=True)
-class TelemetryConfig:
-    nvml: bool = True
-    period_ms: float = 20.0
-    profile: str | tuple[str, ...] = "off"  # off | first | all | point ids
-    profile_steps: int = 32
-    nvtx: bool = True
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping | None) -> TelemetryConfig:
-        values = dict(cfg.items()) if cfg is not None else {}
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"telemetry: unknown keys {sorted(unknown)}; known: {list(cls.__dataclass_fields__)}")
-        profile = values.get("profile", "off")
-        if profile is False or profile is None:  # YAML reads a bare `off` as false
-            profile = "off"
-        elif isinstance(profile, Sequence) and not isinstance(profile, str):
-            profile = tuple(str(p) for p in profile)
-        elif profile not in ("off", "first", "all"):
-            raise ValueError(f"telemetry.profile: {profile!r} is not off, first, all or a list of point ids")
-        out = cls(**{**values, "profile": profile})
-        if out.period_ms <= 0 or out.profile_steps < 1:
-            raise ValueError(f"telemetry: period_ms ({out.period_ms}) and profile_steps ({out.profile_steps}) "
-                             "must be positive")
-        return out
+POINT_TELEMETRY_COLUMNS: dict[str, pa.DataType] = {  # what PointTelemetry.columns fills
+    "power_w_mean": pa.float64(), "power_w_max": pa.float64(), "prefill_energy_j": pa.float64(),
+    "decode_energy_j": pa.float64(), "energy_j_per_tok": pa.float64(), "energy_source": pa.string(),
+    "power_valid": pa.bool_(), "peak_mem_gib": pa.float64(), "torch_peak_gib": pa.float64(),
+    "sm_clock_mhz_mean": pa.float64(), "throttled": pa.bool_(), "throttle_reasons": pa.string(),
+}
 
 
 def _sync():
@@ -91,11 +66,11 @@ def _sync():
 
 
 class Telemetry:
-    def __init__(self, cfg: Mapping | None = None, device_index: int | Sequence[int] = 0,
+    def __init__(self, cfg: TelemetryConfig | Mapping | None = None, device_index: int | Sequence[int] = 0,
                  trace_dir: str | Path | None = None):
         """cfg: the telemetry config group; device_index: the CUDA device(s) the points use;
         trace_dir: where profiled points' traces go (<run_dir>/traces), None to keep none."""
-        self.cfg = TelemetryConfig.from_cfg(cfg)
+        self.cfg = cfg if isinstance(cfg, TelemetryConfig) else TelemetryConfig.from_cfg(cfg)
         self.trace_dir = Path(trace_dir) if trace_dir is not None else None
         self.t0 = time.perf_counter()
         self.handles: list = []

@@ -1,0 +1,200 @@
+"""A sweep's configuration as typed records.
+
+`SweepConfig` is the schema Hydra composes conf/ against (registered below as `gptoss_schema`,
+the first entry of conf/config.yaml's defaults): a key it does not declare is refused by name,
+`+workload.batchsize=2` included, and values are converted to the declared types. The yaml files
+hold the defaults; the fields here say what each key means.
+
+`PointConfig` is one point of a sweep, built once by the expansion (harness.runner.sweep) and
+carried unchanged to the worker (harness.runner.messages) and to its row. Which workload keys
+belong to a point and which to its worker group (the engine loads once per group) is marked on
+the fields (`per_point`), not kept in a list elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+BACKEND_KEYS = ("_target_", "name", "python", "quants")  # backend yaml keys that are not engine options
+
+
+def _key(help: str, per_point: bool = False, default: Any = MISSING):
+    return field(default=default, metadata={"help": help, "per_point": per_point})
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class Workload:
+    batch_size: int = _key("sequences per batch", per_point=True)
+    context_len: int = _key("prompt tokens per sequence (synthetic, seeded)", per_point=True)
+    new_tokens: int = _key("tokens generated per sequence, EOS ignored", per_point=True)
+    warmup: int = _key("untimed generate calls before the measured ones", per_point=True)
+    warmup_tokens: int = _key("tokens per warm-up call", per_point=True)
+    repeats: int = _key("measured generate calls", per_point=True)
+    seed: int = _key("prompts and synthetic weights")
+    router_skew: float = _key("synthetic router bias towards a few experts (0: uniform routing)")
+    timeout_s: float = _key("a point's limit: warm-up, measurement, profile, agreement", per_point=True)
+    load_timeout_s: float = _key("a worker's limit to load the model")
+
+    def problems(self) -> list[str]:
+        out = [f"workload.{k}={getattr(self, k)}: must be a positive integer"
+               for k in ("batch_size", "context_len", "repeats", "warmup_tokens") if not _positive_int(getattr(self, k))]
+        if not (_positive_int(self.new_tokens) and self.new_tokens >= 2):
+            out.append(f"workload.new_tokens={self.new_tokens}: must be an integer >= 2 (a prefill and a decode step)")
+        if self.warmup < 0:
+            out.append(f"workload.warmup={self.warmup}: must be an integer >= 0")
+        out += [f"workload.{k}={getattr(self, k)}: must be a positive number"
+                for k in ("timeout_s", "load_timeout_s") if not getattr(self, k) > 0]
+        return out
+
+    def group_part(self) -> dict:
+        """The keys that load the engine: points that differ in them need a worker each."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata["per_point"]}
+
+
+@dataclass
+class ModelChoice:
+    name: str = _key("gpt-oss-20b, gpt-oss-120b, gpt-oss-tiny, or auto (20b on a GPU, tiny on a CPU)")
+    path: Optional[str] = _key("a checkpoint directory in the HF layout; null: the seeded synthetic weights",
+                               default=None)
+    synthetic: str = _key("disk: the cached synthetic checkpoint; device: built in device memory", default="disk")
+
+
+@dataclass
+class QuantChoice:
+    name: str = _key("mxfp4 (experts as shipped), bf16 (dequantised at load), or another harness.model.spec mode")
+
+
+@dataclass
+class TelemetryConfig:
+    nvml: bool = _key("sample power, energy, memory, clocks, throttle reasons (null columns without NVML)",
+                      default=True)
+    period_ms: float = _key("sampler period: the timeline's resolution", default=20.0)
+    # Any: off | first | all | a list of point ids (OmegaConf has no unions)
+    profile: Any = _key("torch.profiler window: off, first (of each worker group), all, or point ids",
+                        default="off")
+    profile_steps: int = _key("decode steps in the profiler window, after one prefill", default=32)
+    nvtx: bool = _key("NVTX ranges in domain gptoss-bench, for nsys", default=True)
+
+    @classmethod
+    def from_cfg(cls, cfg) -> TelemetryConfig:
+        values = dict(cfg.items()) if cfg is not None else {}
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"telemetry: unknown keys {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        profile = values.get("profile", "off")
+        if profile is False or profile is None:  # YAML reads a bare `off` as false
+            profile = "off"
+        elif isinstance(profile, (list, tuple)) or (hasattr(profile, "__iter__") and not isinstance(profile, str)):
+            profile = tuple(str(p) for p in profile)
+        elif profile not in ("off", "first", "all"):
+            raise ValueError(f"telemetry.profile: {profile!r} is not off, first, all or a list of point ids")
+        out = cls(**{**values, "profile": profile})
+        if out.period_ms <= 0 or out.profile_steps < 1:
+            raise ValueError(f"telemetry: period_ms ({out.period_ms}) and profile_steps ({out.profile_steps}) "
+                             "must be positive")
+        return out
+
+    @property
+    def profiling(self) -> bool:
+        return self.profile != "off"
+
+
+@dataclass
+class AgreementSchema:
+    enabled: bool = _key("compare the backend's greedy tokens with the reference's, same weights and prompts")
+    seqs: int = _key("first rows of the batch compared")
+    tokens: int = _key("positions compared per row (teacher-forced where the backend can)")
+    reference: Dict[str, Any] = field(default_factory=dict, metadata={"help": "the oracle: a backend yaml"})
+
+
+@dataclass
+class SweepConfig:
+    """The schema of conf/config.yaml (the defaults are there)."""
+    backend: Dict[str, Any] = field(default_factory=dict, metadata={"help": "a conf/backend yaml"})
+    model: ModelChoice = field(default_factory=ModelChoice)
+    quant: QuantChoice = field(default_factory=QuantChoice)
+    workload: Workload = field(default_factory=Workload)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    agreement: AgreementSchema = field(default_factory=AgreementSchema)
+    results_dir: str = _key("run folders go to <results_dir>/<run_id>/")
+    reports_dir: str = _key("the HTML report of a sweep goes to <reports_dir>/<run_id>.html")
+    run_id: Optional[str] = _key("null: a new UTC timestamp; letters, digits, '.', '_', '-'", default=None)
+    resume: Any = _key("true (with run_id) or a run folder: rerun the points without an ok row", default=False)
+    rerun: Optional[str] = _key("a run folder: measure again, into a new run, the points `only` selects", default=None)
+    only: str = _key("with rerun: regressed (flagged by gptoss-compare's verdicts.json), failed or all",
+                     default="regressed")
+    hardware: Optional[str] = _key("the label of this machine in results and reports; null: the GPU name",
+                                   default=None)
+    device: str = _key("auto, cpu, cuda or cuda:N", default="auto")
+    cache_dir: str = _key("synthetic checkpoints, agreement references, calibration")
+    allow_failed_points: bool = _key("false: exit 1 when any point is not ok (for nightly jobs)", default=False)
+    group: Optional[str] = _key("set by the sweeper on a launcher job: the worker group it runs", default=None)
+
+
+ConfigStore.instance().store(name="gptoss_schema", node=SweepConfig)
+
+
+# ---- one point ----------------------------------------------------------------------------------
+@dataclass
+class BackendChoice:
+    """A backend yaml: the class, its label, its interpreter, and the engine's own options."""
+    name: str
+    target: Optional[str]  # the yaml's _target_: package.module.Class
+    python: Optional[str] = None  # an interpreter of its own; None: the harness's
+    quants: Optional[List[str]] = None  # overrides the class's supported quant modes
+    options: Dict[str, Any] = field(default_factory=dict)  # constructor keywords
+
+    @classmethod
+    def from_yaml(cls, d: dict) -> BackendChoice:
+        return cls(d.get("name", "?"), d.get("_target_"), d.get("python"), d.get("quants"),
+                   {k: v for k, v in d.items() if k not in BACKEND_KEYS})
+
+
+@dataclass
+class Agreement:
+    enabled: bool
+    seqs: int
+    tokens: int
+    reference: BackendChoice
+
+
+@dataclass
+class PointConfig:
+    backend: BackendChoice
+    model: ModelChoice
+    quant: str
+    workload: Workload
+    telemetry: TelemetryConfig
+    agreement: Agreement
+    device: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PointConfig:
+        a = d["agreement"]
+        return cls(BackendChoice(**d["backend"]), ModelChoice(**d["model"]), d["quant"], Workload(**d["workload"]),
+                   TelemetryConfig.from_cfg(d["telemetry"]),
+                   Agreement(a["enabled"], a["seqs"], a["tokens"], BackendChoice(**a["reference"])), d["device"])
+
+    def group_key(self) -> dict:
+        """What a worker loads: points with equal keys share one engine."""
+        return {"backend": asdict(self.backend), "model": asdict(self.model), "quant": self.quant,
+                "workload": self.workload.group_part(), "telemetry": asdict(self.telemetry),
+                "reference": asdict(self.agreement.reference), "device": self.device}
+
+    def positions(self) -> int:
+        """The longest sequence any call of the point reaches: its own, the profiler window's, the
+        agreement check's."""
+        w, tel, a = self.workload, self.telemetry, self.agreement
+        longest = max(w.new_tokens, tel.profile_steps + 1 if tel.profiling else 0, a.tokens if a.enabled else 0)
+        return w.context_len + longest
