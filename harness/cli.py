@@ -15,14 +15,16 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-import harness.config  # noqa: F401  registers the schema (gptoss_schema) before Hydra composes
+from harness.config import SweepConfig
 from harness.runner.group import run_group
 from harness.runner.run_folder import RunFolder
 
 # An absolute path: relative ones are resolved as Python packages when run as `python -m harness`.
 CONF = str(Path(__file__).resolve().parent / "conf")
+ConfigStore.instance().store(name="gptoss_schema", node=SweepConfig)  # conf/config.yaml's first default
 # Hydra's flags that take no value: argparse wants them before the overrides, users type them anywhere.
 BARE_FLAGS = {"-m", "--multirun", "-r", "--run", "--resolve", "-h", "--help", "--hydra-help", "--version"}
 

@@ -1,9 +1,11 @@
 """A sweep's configuration as typed records.
 
-`SweepConfig` is the schema Hydra composes conf/ against (registered below as `gptoss_schema`,
-the first entry of conf/config.yaml's defaults): a key it does not declare is refused by name,
-`+workload.batchsize=2` included, and values are converted to the declared types. The yaml files
-hold the defaults; the fields here say what each key means.
+`SweepConfig` is the schema Hydra composes harness/conf against (harness.cli registers it as
+`gptoss_schema`, the first entry of conf/config.yaml's defaults): a key it does not declare is
+refused by name, `+workload.batchsize=2` included, and values are converted to the declared types.
+The yaml files hold the defaults; the fields here say what each key means. The module imports
+neither Hydra nor OmegaConf: worker processes read it in engines' own interpreters, which have
+neither.
 
 `PointConfig` is one point of a sweep, built once by the expansion (harness.runner.sweep) and
 carried unchanged to the worker (harness.runner.messages) and to its row. Which workload keys
@@ -16,10 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
-
 BACKEND_KEYS = ("_target_", "name", "python", "quants")  # backend yaml keys that are not engine options
+MISSING = "???"  # OmegaConf's mark of a value the yaml must give
 
 
 def _key(help: str, per_point: bool = False, default: Any = MISSING):
@@ -138,8 +138,6 @@ class SweepConfig:
     allow_failed_points: bool = _key("false: exit 1 when any point is not ok (for nightly jobs)", default=False)
     group: Optional[str] = _key("set by the sweeper on a launcher job: the worker group it runs", default=None)
 
-
-ConfigStore.instance().store(name="gptoss_schema", node=SweepConfig)
 
 
 # ---- one point ----------------------------------------------------------------------------------

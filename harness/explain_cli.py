@@ -46,7 +46,7 @@ from harness.runner.worker_process import REPO_ROOT, WorkerDied, WorkerProcess, 
 
 CONF = Path(CONF_DIR)
 PROFILED = ((1, 128), (64, 128))  # (batch, context): the GEMV regime and the grouped one
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # a log file or pipe: rich assumes 80 columns
 
 
 # ---- the GPU --------------------------------------------------------------------------------------

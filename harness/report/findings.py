@@ -205,7 +205,7 @@ def fastest(p: pd.DataFrame) -> list[Finding]:
             "tpot_ms_p50": _num(best, "tpot_ms_p50"), "next_tpot_ms_p50": _num(next_, "tpot_ms_p50"),
             "speedup": Number(speedup, ratio(speedup))}
         out.append(Finding("fastest", (
-            f"{_shape(best)}: {_engine(best)} decodes fastest of {integer(len(shape))} engines, "
+            f"{_shape(best)}: {_engine(best)} decodes fastest of {integer(len(shape))} engine · quant setups, "
             f"{number(best['tpot_ms_p50'])} ms a step (TPOT p50), {ratio(speedup)} as fast as the next, "
             f"{_engine(next_)} ({number(next_['tpot_ms_p50'])} ms)."), numbers,
             {"engine": Quote(_engine(best)), "next_engine": Quote(_engine(next_))}))

@@ -12,9 +12,8 @@ import time
 from typing import Callable
 
 import numpy as np
-import torch
-
 import pyarrow as pa
+import torch
 
 from harness.config import Workload
 from harness.engine import Backend, Generation
