@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench_triton import median_ms  # benchmarks/ is on sys.path when a script of it runs
 from backends.torch_ref import TorchRef
 from backends.triton_mxfp4 import TritonMxfp4
 from backends.triton_mxfp4.moe import uses_gemv
@@ -44,16 +44,6 @@ T0 = time.perf_counter()
 
 def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:6.1f} s] {msg}", flush=True)
-
-
-def median_ms(fn, reps: int) -> float:
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for a, b in events:
-        a.record()
-        fn()
-        b.record()
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in events)
 
 
 def agreement_inputs(spec):

@@ -25,3 +25,24 @@ def checkpoint(tmp_path_factory):
     from harness.model.synthetic import synthetic_checkpoint
 
     return synthetic_checkpoint(get_spec("gpt-oss-tiny"), seed=0, cache_dir=tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """expand(...) of a list of overrides, in process, with two fault backends, `fault` and `other`, known."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bench_cli import fault_conf
+    from harness.cli import CONF
+    from harness.runner.sweep import combinations, expand
+
+    search = fault_conf(tmp_path, fault={}, other={})
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+
+        def run(*overrides):
+            fixed = [search, "model.synthetic=device", "telemetry=off", "sweep=none"]
+            return expand(lambda combo: compose("config", overrides=fixed + combo),
+                          combinations(loader, list(overrides)))
+        yield run

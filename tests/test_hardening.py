@@ -12,27 +12,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 import harness.results as R
 from bench_cli import FAULT_POINT, bench, bench_command, bench_env, fault_conf, run_dirs
-from harness.cli import CONF
-from harness.runner.sweep import SweepError, combinations, expand
+from harness.runner.sweep import SweepError
 from harness.runner.terminal import summary
-
-
-@pytest.fixture
-def sweep(tmp_path):
-    search = fault_conf(tmp_path, fault={})
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-
-        def run(*overrides):
-            fixed = [search, "model.synthetic=device", "telemetry=off", "sweep=none"]
-            return expand(lambda combo: compose("config", overrides=fixed + combo),
-                          combinations(loader, list(overrides)))
-        yield run
 
 
 def _refused(sweep, *overrides) -> str:

@@ -2,28 +2,10 @@
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from bench_cli import fault_conf
-from harness.cli import CONF
 from harness.model.spec import get_spec
 from harness.runner.prompts import prompts
-from harness.runner.sweep import SweepError, combinations, expand
-
-
-@pytest.fixture
-def sweep(tmp_path):
-    """expand(...) of a list of overrides, with two fault backends, `fault` and `other`, known."""
-    search = fault_conf(tmp_path, fault={}, other={})
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-
-        def run(*overrides):
-            fixed = [search, "model.synthetic=device", "telemetry=off", "sweep=none"]
-            return expand(lambda combo: compose("config", overrides=fixed + combo),
-                          combinations(loader, list(overrides)))
-        yield run
+from harness.runner.sweep import SweepError
 
 
 def test_cartesian_product_named_and_grouped(sweep):
