@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from harness.analysis.hardware import KNOWN_GPUS, gpu_peak
+from harness.analysis.yaml_file import read_yaml
 
 
 class PriceFileError(ValueError):
@@ -100,12 +99,4 @@ def parse_prices(data, name: str = "prices") -> Prices:
 
 def load_prices(path: str | Path) -> Prices:
     """Read and validate a price file; PriceFileError (one line) for a missing, unreadable or bad one."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise PriceFileError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise PriceFileError(f"{path}: not yaml" + (f" (line {mark.line + 1})" if mark else "")) from None
-    return parse_prices(data, str(path))
+    return parse_prices(read_yaml(path, PriceFileError), str(path))
