@@ -4,6 +4,7 @@ what is wrong and what to do, with nothing measured lost and no traceback."""
 import fcntl
 import resource
 import signal
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -173,3 +174,25 @@ def test_the_package_ships_its_configuration(tmp_path):
     for needed in ("harness/conf/config.yaml", "harness/conf/backend/triton_mxfp4.yaml",
                    "harness/conf/sweep/smoke.yaml", "hydra_plugins/gptoss_bench_sweeper/__init__.py"):
         assert needed in names, needed
+
+
+def test_rerun_measures_again_only_what_a_comparison_flagged(tmp_path):
+    # Two runs of the same points, the second's engine ten times slower a step: gptoss-compare flags
+    # them, and `rerun=... only=regressed` measures exactly those again, in a new run folder.
+    FAULT_POINT_5 = [*FAULT_POINT, "workload.repeats=5", "workload.new_tokens=8"]
+    search = fault_conf(tmp_path / "a", fault={})
+    assert bench(tmp_path, search, *FAULT_POINT_5, "backend=fault", "workload.batch_size=1,2", "run_id=base",
+                 "hardware=here").returncode == 0
+    search = fault_conf(tmp_path / "b", fault={"step_ms": 2.0})
+    assert bench(tmp_path, search, *FAULT_POINT_5, "backend=fault", "workload.batch_size=1,2", "run_id=slow",
+                 "hardware=here").returncode == 0
+    results = tmp_path / "results"
+    compare = subprocess.run([sys.executable, "-m", "harness.compare_cli", str(results / "base"), str(results / "slow")],
+                             capture_output=True, text=True, timeout=300)
+    assert compare.returncode == 1, compare.stdout + compare.stderr
+    res = bench(tmp_path, search, "rerun=results/slow", "only=regressed", "run_id=confirm")
+    assert res.returncode == 0, res.stderr
+    again = pd.read_parquet(results / "confirm" / "points.parquet")
+    flagged = pd.read_parquet(results / "slow" / "points.parquet").point_id
+    assert sorted(again.point_id) == sorted(flagged) and (again.status == "ok").all()
+    assert (again.hardware == "here").all()  # the stored sweep's label, so the confirmation compares
