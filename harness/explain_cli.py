@@ -46,7 +46,8 @@ from harness.runner.worker_process import REPO_ROOT, WorkerDied, WorkerProcess, 
 
 CONF = Path(CONF_DIR)
 PROFILED = ((1, 128), (64, 128))  # (batch, context): the GEMV regime and the grouped one
-console = Console(width=None if sys.stdout.isatty() else 160)  # a log file or pipe: rich assumes 80 columns
+# A log file or pipe without COLUMNS: rich would assume 80 columns and wrap every cell of the tables.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
 # ---- the GPU --------------------------------------------------------------------------------------
