@@ -24,7 +24,7 @@ from backends.triton_mxfp4.routing import route, router_logits
 from backends.triton_mxfp4 import TritonMxfp4
 from harness.model.mxfp4 import E2M1_VALUES
 from harness.model.spec import weight_format
-from test_triton_engine import compare, engine_logits, inputs, reference_logits, request
+from test_triton_engine import compare, engine_logits, full_model_error, inputs, reference_logits, request
 from test_triton_moe import make_layer, poisoned, rel_err, routable_x, small_spec  # noqa: F401 (fixture)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -186,17 +186,6 @@ def test_kernels_compile_to_block_scaled_mma():
 @pytest.mark.parametrize("name", ["gpt-oss-20b", "gpt-oss-120b"])
 def test_full_model_mxfp8_matches_torch_ref(name):
     """Batch 64: the prefill (16k tokens) and the decode steps both take the grouped MXFP8 path."""
-    steps, batch, context = 8, 64, 256
-    req = request(name, "mxfp4_mxfp8", batch=batch, seq=context + steps + 1)
-    assert not uses_gemv(batch, req.spec)
-    prompts, forced = inputs(req.spec, batch, context, steps)
-    ref = reference_logits(dataclasses.replace(req, quant=weight_format(req.quant)), prompts, forced)
-    torch.cuda.empty_cache()
-    eng = TritonMxfp4()
-    eng.load(req)
-    logits, _ = engine_logits(eng, prompts, forced)
-    eng.close()
-    median, worst, agree = compare(logits, ref)
-    print(f"{name} mxfp4_mxfp8 batch {batch} context {context}: logits rel err median {median:.2e} "
-          f"max {worst:.2e}, top-1 agreement {agree:.3f}")
+    assert not uses_gemv(64, request(name, "mxfp4_mxfp8", batch=64, seq=265).spec)
+    median, _, agree = full_model_error(name, "mxfp4_mxfp8", batch=64, context=256, steps=8)
     assert agree >= 0.95 and median < 0.1
