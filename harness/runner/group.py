@@ -1,4 +1,5 @@
-"""One Hydra job: the points of one worker group (backend, model, quant and load options).
+"""One worker group's points (backend, model, quant and load options), run by the sweep itself or
+as one launcher job.
 
 First the agreement references the group lacks (a worker of the oracle's own), then one worker
 that loads the engine once and serves the points in sweep order. Every point ends with a row:
