@@ -166,10 +166,10 @@ def test_summary_says_what_agreement_and_memory_mean_here():
 
 
 def test_the_package_ships_its_configuration(tmp_path):
-    subprocess.run(["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
                     str(Path(__file__).resolve().parents[1])], check=True, capture_output=True, timeout=300)
     [wheel] = tmp_path.glob("gptoss_bench-*.whl")
-    names = set(subprocess.run(["python", "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True,
+    names = set(subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True,
                                check=True).stdout.split())
     for needed in ("harness/conf/config.yaml", "harness/conf/backend/triton_mxfp4.yaml",
                    "harness/conf/sweep/smoke.yaml", "hydra_plugins/gptoss_bench_sweeper/__init__.py"):
