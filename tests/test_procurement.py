@@ -16,7 +16,7 @@ from harness.analysis.procurement import (MEASURED, at_target, compare, gpus_nee
                                           usd_per_mtok)
 from harness.model.spec import get_spec
 from harness.report.cli import default_name, main
-from harness.report.figures import pareto_front
+from harness.analysis.pareto import pareto_front
 from harness.report.procurement_page import SECTIONS, write_procurement_page
 from procurement_runs import BATCHES, NEW_TOKENS, make_run
 from selenium.webdriver.common.by import By

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from harness.analysis.pareto import pareto_front
 from harness.report import figures, write_report
 from harness.report.cli import main
 from harness.report.page import SECTIONS
@@ -181,9 +182,9 @@ def test_power_timeline_of_profiled_points(tmp_path):
 
 def test_pareto_front():
     df = pd.DataFrame({"x": [1, 2, 3, 4, 2.5], "y": [10, 9, 5, 1, 4]})
-    assert figures.pareto_front(df, "x", "y").index.tolist() == [0, 1, 2, 3]
+    assert pareto_front(df, "x", "y").index.tolist() == [0, 1, 2, 3]
     df.loc[len(df)] = {"x": 3.5, "y": 6}
-    assert figures.pareto_front(df, "x", "y")["x"].tolist() == [1, 2, 3.5, 4]
+    assert pareto_front(df, "x", "y")["x"].tolist() == [1, 2, 3.5, 4]
 
 
 def test_cli_writes_and_prints(tmp_path, capsys, monkeypatch):

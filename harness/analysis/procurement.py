@@ -31,7 +31,7 @@ from harness import results
 from harness.analysis.hardware import KNOWN_GPUS, GpuPeak, gpu_peak
 from harness.analysis.prices import Prices
 from harness.model.spec import SPECS, ModelSpec
-from harness.report.figures import pareto_front
+from harness.analysis.pareto import pareto_front
 
 DEFAULT_TARGETS = (50.0, 100.0, 200.0)  # tok/s per user
 DEFAULT_LOAD_TOK_S = 100_000.0  # aggregate output tok/s the "GPUs needed" column sizes for

@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from harness.analysis.pareto import pareto_front
+
 from harness.report.runs import series_title
 
 PALETTE = qualitative.Plotly + qualitative.Dark24
@@ -113,13 +115,6 @@ def ttft_vs_context(points: pd.DataFrame) -> go.Figure | None:
 def energy_per_token(points: pd.DataFrame) -> go.Figure | None:
     return _facet_lines(points, "batch_size", {"energy_j_per_tok": ""}, "context_len",
                         "batch size (sequences)", "decode energy per token (J)", log_y=True)
-
-
-def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Rows no other row beats on both x and y (both maximised), sorted by x."""
-    s = df.sort_values([x, y], ascending=False)
-    best_before = s[y].astype(float).cummax().shift(fill_value=-np.inf)
-    return s[s[y] > best_before].sort_values(x)
 
 
 def throughput_interactivity(points: pd.DataFrame) -> go.Figure | None:

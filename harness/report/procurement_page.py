@@ -19,7 +19,8 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from harness.analysis.procurement import MEASURED, Procurement, ProcurementRow, rows_frame
-from harness.report.figures import PALETTE, _text, pareto_front
+from harness.analysis.pareto import pareto_front
+from harness.report.figures import PALETTE, _text
 from harness.report.page import _cell
 from harness.results import write_text_atomic
 
