@@ -88,10 +88,33 @@ def run_pip(args, what):
     raise BundleError(f"pip {what} failed: {message}")
 
 
+def platform_tags(platforms):
+    """Every wheel platform tag a host with these tags installs.
+
+    With `--platform`, pip takes exactly the tags given, while on the host itself it accepts every
+    older glibc too: `manylinux_2_39_x86_64` alone would miss wheels tagged `manylinux_2_28` or
+    `manylinux2014` (blake3's). A `manylinux_2_X_ARCH` tag is expanded to 2_X ... 2_17 and the
+    legacy aliases, as the host's pip would accept them.
+    """
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    tags = []
+    for platform in platforms:
+        glibc = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+        if not glibc:
+            tags.append(platform)
+            continue
+        minor, arch = int(glibc.group(1)), glibc.group(2)
+        for m in range(minor, 4, -1):
+            tags.append(f"manylinux_2_{m}_{arch}")
+            if m in legacy:
+                tags.append(f"{legacy[m]}_{arch}")
+    return list(dict.fromkeys(tags))
+
+
 def target_options(python, platforms):
     """pip's options that select wheels for the host's interpreter instead of this one."""
     options = ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
-    for platform in platforms:
+    for platform in platform_tags(platforms):
         options += ["--platform", platform]
     return options
 

@@ -40,6 +40,9 @@ def test_moe_paths_map_to_the_installed_versions_switches():
     assert paths.moe_path("auto", True).engine_kwargs() == {}
     with pytest.raises(ValueError, match="moe_path='fp4'"):
         paths.moe_path("fp4", True)
+    assert paths.moe_path("triton_unfused", True).cli_args() == ["--moe-backend", "triton_unfused"]
+    with pytest.raises(ValueError, match="needs a vLLM with --moe-backend"):
+        paths.moe_path("triton_unfused", False)
 
 
 def test_engine_path_and_memory_come_from_the_log():

@@ -37,11 +37,13 @@ class MoePath:
         return out
 
 
-# name -> (with --moe-backend, before it)
-MOE_PATHS: dict[str, tuple[MoePath, MoePath]] = {
+# name -> (with --moe-backend, before it; None: that vLLM has no switch for it)
+MOE_PATHS: dict[str, tuple[MoePath, MoePath | None]] = {
     "auto": (MoePath(), MoePath()),
     # Before --moe-backend, triton_kernels was simply the Hopper default where installed.
     "triton": (MoePath("triton"), MoePath()),
+    # the same triton_kernels matmuls without the fused routing (vLLM's TRITON_UNFUSED)
+    "triton_unfused": (MoePath("triton_unfused"), None),
     "marlin": (MoePath("marlin"), MoePath(env={"VLLM_MXFP4_USE_MARLIN": "1"})),
     # trtllm-gen with bf16 activations (SM100); the old switch picked CUTLASS on SM90.
     "flashinfer_bf16": (MoePath("flashinfer_trtllm"), MoePath(env={"VLLM_USE_FLASHINFER_MOE_MXFP4_BF16": "1"})),
@@ -59,6 +61,8 @@ def moe_path(name: str, has_moe_backend_flag: bool) -> MoePath:
         new, old = MOE_PATHS[name]
     except KeyError:
         raise ValueError(f"vllm: moe_path={name!r}, expected one of {sorted(MOE_PATHS)}") from None
+    if not has_moe_backend_flag and old is None:
+        raise ValueError(f"vllm: moe_path={name!r} needs a vLLM with --moe-backend (0.1x releases had no switch for it)")
     return new if has_moe_backend_flag else old
 
 

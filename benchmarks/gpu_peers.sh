@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The H200 runs of issues 15 and 16: vLLM 0.26.0 from an offline bundle beside our engine, its
+# server, its own `vllm bench latency` as a cross-check, and the engine's own targets. Named steps,
+# so that each 10-minute device call runs the ones it has time for; figures go to benchmarks/LOG.md.
+#
+#   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
+#   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  paths  serve  openloop
+#          latency  engine  tests
+#
+# The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
+# folders; `install` verifies and unpacks it. Worker groups of vLLM capture CUDA graphs only at the
+# batch sizes measured (cudagraph_capture_sizes): the same graphs those batches replay under vLLM's
+# default list, without ~70 s of capturing the 80 others.
+set -uo pipefail
+out=${1:?output folder}; budget=${2:?seconds}; shift 2
+deadline=$(( SECONDS + budget - 20 ))
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 GPTOSS_BENCH_CACHE=${GPTOSS_BENCH_CACHE:-/tmp/gptoss-cache}
+res=${GPTOSS_RESULTS:-/tmp/gptoss-results}
+export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+[ -f /tmp/vllm.env ] && . /tmp/vllm.env
+
+step() {  # step CAP_S CMD...: at most CAP_S seconds and no more than what is left; CMD may be a function
+  local cap=$1; shift
+  local left=$(( deadline - SECONDS ))
+  (( left < 20 )) && { echo "skipped for time: $*"; return; }
+  echo "== $(date +%T) $* ($(( cap < left ? cap : left )) s)"
+  timeout $(( cap < left ? cap : left )) bash -c '"$@"' _ "$@"
+}
+bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardware=H200 model=gpt-oss-20b \
+  workload.context_len=1024 workload.new_tokens=256 workload.repeats=3 "$@"; }
+vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' "$@"; }
+serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=2000 backend.slo_tpot_ms=15 \
+  'backend.serve_args=["--cudagraph-capture-sizes","1","8","64"]' "$@"; }
+export -f bench vllm_bench serve; export res
+
+for s in "$@"; do case $s in
+  stage:*)
+    mkdir -p /tmp/stage && cp ".carry${s#stage:}"/* /tmp/stage/ && ls -la /tmp/stage;;
+  install)  # the bundle, and the harness's wheels the GPU image lacks (hydra, plotly, nvtx, ...)
+    bash /tmp/stage/install.sh /tmp/vllm > /tmp/vllm.env && . /tmp/vllm.env && cat /tmp/vllm.env
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl .whl/*.tar.gz
+    python3 -c "import vllm, hydra, plotly; print('vllm', vllm.__version__)"
+    step 240 python3 -m harness.model.synthetic --model gpt-oss-20b | tee "$out/checkpoint.txt";;
+  peers)  # issue 15 item 2 / issue 16: both engines on the same checkpoint, context 1k
+    step 150 bench backend=triton_mxfp4 -m workload.batch_size=1,8,64,256 run_id=peers-triton
+    step 330 vllm_bench -m workload.batch_size=1,8,64,256 run_id=peers-vllm-auto;;
+  peers8k)  # context 8k (batch 256 x 8k would need 103 GB of KV cache beside 13 GB of weights)
+    step 150 bench backend=triton_mxfp4 workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
+    step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;
+  paths)  # vLLM's other MXFP4 MoE paths on sm_90
+    for p in marlin triton_unfused flashinfer_cutlass_bf16; do
+      step 300 vllm_bench backend.moe_path=$p -m workload.batch_size=1,8,64,256 run_id=peers-vllm-$p allow_failed_points=true
+    done;;
+  serve)  # vLLM's server, closed loop at concurrency = batch, SLO of MLPerf's interactive gpt-oss-120b
+    step 330 serve -m workload.batch_size=1,8,64 run_id=serve-closed;;
+  openloop)  # the same server under Poisson arrivals of 8 req/s, 128 requests
+    step 300 serve backend.request_rate=8 backend.num_requests=128 workload.batch_size=64 workload.repeats=1 run_id=serve-open;;
+  latency)  # vLLM's own `vllm bench latency` on the same checkpoint and engine settings
+    ckpt=$(cut -f1 "$out/checkpoint.txt" 2>/dev/null || python3 -m harness.model.synthetic --model gpt-oss-20b | cut -f1)
+    for b in 1 64; do
+      step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len 256 \
+        --batch-size $b --num-iters-warmup 2 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
+        --no-enable-prefix-caching --max-model-len 1280 --max-num-seqs 256 --cudagraph-capture-sizes 1 8 64 256 \
+        --output-json "$out/latency-b$b.json" > "$out/latency-b$b.log" 2>&1
+      tail -3 "$out/latency-b$b.log"
+    done;;
+  engine)  # issue 16: the engine's targets (ceilings measured in the same run) and the MoE gemv variants
+    step 240 python3 benchmarks/bench_triton.py --model gpt-oss-20b --decode 1x1024 8x1024 64x1024 256x1024 \
+      --prefill 1x8192 --breakdown 1x1024 --out "$out/bench_20b.md" 2>&1 | tail -40
+    step 200 python3 benchmarks/bench_triton.py --model gpt-oss-120b --decode 1x1024 64x1024 256x1024 \
+      --prefill 1x8192 --out "$out/bench_120b.md" 2>&1 | tail -30;;
+  gemv)
+    step 120 python3 benchmarks/bench_moe.py --gemv-variants 2>&1 | tee "$out/gemv.txt";;
+  tests)
+    step 300 python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_report_browser.py \
+      --ignore=tests/test_procurement.py tests > "$out/tests.txt" 2>&1; tail -4 "$out/tests.txt";;
+  *) echo "unknown step $s";;
+esac; done
+if ls -d "$res"/*/ >/dev/null 2>&1; then
+  python3 -m harness.report.cli "$res"/*/ -o "$out/peers.html" 2>&1 | tail -2
+  tar czf "$out/results.tgz" -C "$res" --exclude '*.json.gz' .
+fi
+ls -la "$out"
