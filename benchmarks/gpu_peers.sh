@@ -4,8 +4,8 @@
 # so that each 10-minute device call runs the ones it has time for; figures go to benchmarks/LOG.md.
 #
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
-#   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  paths  serve  openloop
-#          latency  engine  tests
+#   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  paths (PATHS="marlin ..."
+#          to choose)  serve  openloop  latency  engine  gemv  llama  tests
 #
 # The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
 # folders; `install` verifies and unpacks it. Worker groups of vLLM capture CUDA graphs only at the
@@ -29,7 +29,10 @@ step() {  # step CAP_S CMD...: at most CAP_S seconds and no more than what is le
 }
 bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardware=H200 model=gpt-oss-20b \
   workload.context_len=1024 workload.new_tokens=256 workload.repeats=3 "$@"; }
-vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' "$@"; }
+# Two full-length warm-up calls: vLLM's JIT monitor logged Triton compilations of its MoE routing
+# kernels inside measured requests after one 4-token warm-up (2026-12-03): new step shapes.
+vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' \
+  workload.warmup=2 workload.warmup_tokens=256 "$@"; }
 serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=2000 backend.slo_tpot_ms=15 \
   'backend.serve_args=["--cudagraph-capture-sizes","1","8","64"]' "$@"; }
 export -f bench vllm_bench serve; export res
@@ -50,7 +53,7 @@ for s in "$@"; do case $s in
     step 150 bench backend=triton_mxfp4 workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
     step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;
   paths)  # vLLM's other MXFP4 MoE paths on sm_90
-    for p in marlin triton_unfused flashinfer_cutlass_bf16; do
+    for p in ${PATHS:-marlin triton_unfused flashinfer_cutlass_bf16}; do
       step 300 vllm_bench backend.moe_path=$p -m workload.batch_size=1,8,64,256 run_id=peers-vllm-$p allow_failed_points=true
     done;;
   serve)  # vLLM's server, closed loop at concurrency = batch, SLO of MLPerf's interactive gpt-oss-120b
@@ -71,15 +74,18 @@ for s in "$@"; do case $s in
       --prefill 1x8192 --breakdown 1x1024 --out "$out/bench_20b.md" 2>&1 | tail -40
     step 200 python3 benchmarks/bench_triton.py --model gpt-oss-120b --decode 1x1024 64x1024 256x1024 \
       --prefill 1x8192 --out "$out/bench_120b.md" 2>&1 | tail -30;;
-  gemv)
-    step 120 python3 benchmarks/bench_moe.py --gemv-variants 2>&1 | tee "$out/gemv.txt";;
+  gemv)  # the MoE gemv's two e2m1 decodes, alone
+    step 150 python3 benchmarks/bench_moe.py --decodes --out "$out/moe_decodes" 2>&1 | tail -30;;
+  llama)  # llama.cpp: build llama-server for this GPU (build/llama.cpp/*.tar.gz carried), then 20b
+    JOBS=16 step 300 bash scripts/build_llama_server.sh cuda > "$out/llama_build.log" 2>&1; tail -2 "$out/llama_build.log"
+    step 200 bench backend=llama_cpp device=cuda workload.repeats=2 -m workload.batch_size=1,8 run_id=llama;;
   tests)
     step 300 python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_report_browser.py \
       --ignore=tests/test_procurement.py tests > "$out/tests.txt" 2>&1; tail -4 "$out/tests.txt";;
   *) echo "unknown step $s";;
 esac; done
-if ls -d "$res"/*/ >/dev/null 2>&1; then
-  python3 -m harness.report.cli "$res"/*/ -o "$out/peers.html" 2>&1 | tail -2
+if ls "$res"/*/points.parquet >/dev/null 2>&1; then
+  python3 -m harness.report.cli $(dirname $(ls "$res"/*/points.parquet)) -o "$out/peers.html" 2>&1 | tail -2
   tar czf "$out/results.tgz" -C "$res" --exclude '*.json.gz' .
 fi
 ls -la "$out"

@@ -32,6 +32,7 @@ from backends.openai_endpoint.server import ServerProcess
 
 class OpenAIEndpoint(Backend):
     columns_schema = SERVING_COLUMNS
+    completions_path = "/v1/completions"  # llama-server's native /completion streams token ids
 
     def __init__(self, url: str | None = None, model: str | None = None, extra_body: dict | None = None,
                  num_requests: int | None = None, concurrency: int | None = None, request_rate: float | None = None,
@@ -86,9 +87,12 @@ class OpenAIEndpoint(Backend):
         num_requests = o["num_requests"] or batch
         concurrency = o["concurrency"] or (batch if o["request_rate"] is None else None)
         start = time.perf_counter()  # run_load's clock: the requests are stamped with perf_counter
-        records, duration_s = asyncio.run(run_load(
-            self.url + "/v1/completions", self.model, prompts.tolist(), new_tokens, num_requests, concurrency,
-            o["request_rate"], self.request.seed, o["request_timeout_s"], o["extra_body"]))
+        # A server overlaps one request's prefill with others' decode: the whole load is one
+        # "decode" window, so its energy per token counts the prefills too (serving's J/token).
+        with phases("decode"):
+            records, duration_s = asyncio.run(run_load(
+                self.url + self.completions_path, self.model, prompts.tolist(), new_tokens, num_requests, concurrency,
+                o["request_rate"], self.request.seed, o["request_timeout_s"], o["extra_body"]))
         self._columns = {
             "load_mode": "closed" if o["request_rate"] is None else "open", "request_rate": o["request_rate"],
             "concurrency": concurrency,

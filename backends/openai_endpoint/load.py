@@ -88,8 +88,9 @@ async def stream_completion(session: aiohttp.ClientSession, url: str, body: dict
                     return
                 if msg.get("usage"):
                     usage_tokens = msg["usage"].get("completion_tokens")
-                for c in msg.get("choices", []):
-                    ids = c.get("token_ids") or []
+                # llama-server's /completion streams bare objects, its token in "tokens"
+                for c in msg.get("choices") or ([msg] if "tokens" in msg else []):
+                    ids = c.get("token_ids") or c.get("tokens") or []
                     chunks.append((now, ids, not ids and not c.get("text") and bool(c.get("finish_reason"))))
     except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as e:
         record.error = f"{type(e).__name__}: {e}"[:300]

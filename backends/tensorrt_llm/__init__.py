@@ -34,12 +34,12 @@ MOE_BACKENDS = ("TRITON", "CUTLASS", "TRTLLM")
 class EngineOptions:
     """The engine settings both modes share (conf/backend/tensorrt_llm*.yaml)."""
 
-    def __init__(self, moe_backend: str = "TRITON", cuda_graphs: bool = True, tensor_parallel_size: int = 1,
+    def __init__(self, moe_backend: str = "TRITON", cuda_graphs: bool = True,
                  kv_cache_dtype: str = "auto", free_gpu_memory_fraction: float = 0.9, attn_backend: str = "TRTLLM",
                  dtype: str = "auto", llm_args: dict | None = None):
         if moe_backend not in MOE_BACKENDS:
             raise ValueError(f"tensorrt_llm: moe_backend={moe_backend!r}, expected one of {MOE_BACKENDS}")
-        self.moe_backend, self.cuda_graphs, self.tensor_parallel_size = moe_backend, cuda_graphs, tensor_parallel_size
+        self.moe_backend, self.cuda_graphs = moe_backend, cuda_graphs
         self.kv_cache_dtype, self.free_gpu_memory_fraction = kv_cache_dtype, free_gpu_memory_fraction
         self.attn_backend, self.dtype, self.extra = attn_backend, dtype, dict(llm_args or {})
 
@@ -47,7 +47,7 @@ class EngineOptions:
         """TorchLlmArgs as plain values (the nested configs as dicts, as trtllm-serve's YAML holds them)."""
         batch = request.max_batch_size
         return {
-            "skip_tokenizer_init": True, "tensor_parallel_size": self.tensor_parallel_size, "dtype": self.dtype,
+            "skip_tokenizer_init": True, "tensor_parallel_size": request.parallel.tp, "dtype": self.dtype,
             "max_batch_size": batch, "max_seq_len": request.max_seq_len,
             # Block reuse off: repeats of the same prompts would otherwise skip their prefill.
             "kv_cache_config": {"free_gpu_memory_fraction": self.free_gpu_memory_fraction,
@@ -67,6 +67,9 @@ def _version() -> str:
 
 
 class TensorRTLLM(Backend):
+    parallel_keys = ("tp",)  # tensor_parallel_size from parallel.tp
+    engine_options = EngineOptions  # what **options takes (the sweep checks a point's keys against it)
+
     def __init__(self, **options):
         super().__init__(**options)
         self.engine = EngineOptions(**options)
@@ -136,14 +139,16 @@ class TensorRTLLMServe(OpenAIEndpoint):
     """trtllm-serve (next to this interpreter, or `serve_command`) as a child process, driven by the
     OpenAI client. Its completions stream no token ids, so its points have no agreement."""
 
+    parallel_keys = ("tp",)  # --tp_size from parallel.tp
+
     def __init__(self, serve_command: list[str] | None = None, ready_timeout_s: float = 1800.0,
-                 moe_backend: str = "TRITON", cuda_graphs: bool = True, tensor_parallel_size: int = 1,
+                 moe_backend: str = "TRITON", cuda_graphs: bool = True,
                  kv_cache_dtype: str = "auto", free_gpu_memory_fraction: float = 0.9, attn_backend: str = "TRTLLM",
                  dtype: str = "auto", llm_args: dict | None = None, **client_options):
         # Without a tokenizer the server must not detokenize.
         client_options.setdefault("extra_body", {"detokenize": False})
         super().__init__(serve_command=serve_command, ready_timeout_s=ready_timeout_s, **client_options)
-        self.engine = EngineOptions(moe_backend, cuda_graphs, tensor_parallel_size, kv_cache_dtype,
+        self.engine = EngineOptions(moe_backend, cuda_graphs, kv_cache_dtype,
                                     free_gpu_memory_fraction, attn_backend, dtype, llm_args)
 
     def serve(self, request: LoadRequest) -> ServerProcess:

@@ -30,13 +30,18 @@ def engine_checkpoint(request: LoadRequest) -> Path:
     return bf16_checkpoint(path)
 
 
+def version_key(src: Path, *more: str) -> str:
+    """A short key of a checkpoint folder's version (its path and the sizes and times of its
+    safetensors) and of anything else a derived file depends on: what caches of it are named by."""
+    stamp = "".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns};" for f in sorted(src.glob("*.safetensors")))
+    return hashlib.sha1("|".join([str(src), stamp, *more]).encode()).hexdigest()[:12]
+
+
 def bf16_checkpoint(src: Path, cache_dir: Path | None = None) -> Path:
     """The bf16 layout of the MXFP4 checkpoint `src`, written beside it (or in `cache_dir`) once per
     version of its files."""
     src = Path(src).resolve()
-    stamp = "".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns};" for f in sorted(src.glob("*.safetensors")))
-    key = hashlib.sha1(f"{src}|{stamp}".encode()).hexdigest()[:12]
-    out = Path(cache_dir or src.parent) / f"{src.name}-bf16-{key}"
+    out = Path(cache_dir or src.parent) / f"{src.name}-bf16-{version_key(src)}"
     if (out / "config.json").is_file():
         return out
     ck = Checkpoint(src)
