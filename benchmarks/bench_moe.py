@@ -2,13 +2,15 @@
 reference, then time per layer against the copy bandwidth and bf16 matmul rate measured in the same
 run.
 
-    PYTHONUNBUFFERED=1 python benchmarks/bench_moe.py --out DIR [--sweep]
+    PYTHONUNBUFFERED=1 python benchmarks/bench_moe.py --out DIR [--sweep | --decodes]
 
 Layers are random MXFP4 experts (uniform E2M1 codes, scale bytes 119..121, RMS ~0.023) with a
 random router, so routing is near uniform: the most experts a batch can touch. NL distinct layers
 are allocated and consecutive calls use consecutive layers, so weights stream from HBM as in a
 decode step, not from L2. Decode points are CUDA graphs of NL * REPEAT calls (launch gaps included,
 as the engine replays them); prefill runs eagerly. --sweep first times tile variants of each kernel.
+--decodes times only the gemv path in each of its e2m1 decodes (GemvTiles.decode) at T = 1 and 8:
+accuracy against the fp32 reference, the whole layer, and gate_up and down alone.
 Imports only torch, triton, harness.model, harness.analysis.calibration (the ceilings, measured as
 for the `mbu`/`mfu` columns) and the MoE modules (the GPU machine has no hydra/nvtx).
 """
@@ -167,6 +169,49 @@ def grouped(x, L, spec, tiles=M.DECODE):
     return K.down_grouped(K.gate_up_grouped(x, r, L["gate_up"], spec, tiles), r, L["down"], spec, tiles)
 
 
+def compare_decodes(log, name, spec, layers, copy_gbs) -> bool:
+    """The gemv path (engine tiles) in each GemvTiles.decode at T = 1 and 8; whether every decode
+    passed check()'s bound. Kernel lines count the bytes each kernel streams: one expert matrix per
+    assignment (an expert shared by two of the batch's tokens is read twice; the second read may
+    hit L2)."""
+    nl, ok = len(layers), True
+    for T in (1, 8):
+        x = torch.randn(T, spec.hidden_size, device="cuda").bfloat16()
+        logits = [torch.nn.functional.linear(x, L["router_w"], L["router_b"]) for L in layers]
+        A = T * spec.num_experts_per_tok
+        for decode in K.GEMV_DECODES:
+            up, down = replace(M.GEMV_GATE_UP, decode=decode), replace(M.GEMV_DOWN, decode=decode)
+            L = layers[0]
+            y = gemv(x, L, spec, up, down)
+            ref = M.moe_reference(x, L["router_w"], L["router_b"], L["raw_up"], L["raw_down"], spec)
+            err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+            good = err < 1e-2 and not y.isnan().any().item()
+            ok &= good
+            log(f"check {name} gemv {decode} T={T}: rel err {err:.2e} {'ok' if good else 'FAIL'}", kind="decode_check",
+                model=name, T=T, decode=decode, rel_err=err, ok=good)
+
+            def path(x, L, spec, up=up, down=down):
+                return gemv(x, L, spec, up, down)
+            path.__name__ = f"gemv_{decode}"
+            decode_point(log, name, spec, layers, T, copy_gbs, path=path)
+            h = [K.gate_up_gemv(x, lg, Li["gate_up"], spec, up) for lg, Li in zip(logits, layers)]
+
+            def run_up(i):
+                return K.gate_up_gemv(x, logits[i % nl], layers[i % nl]["gate_up"], spec, up)
+
+            def run_down(i):
+                return K.down_gemv(h[i % nl], logits[i % nl], layers[i % nl]["down"], spec, down)
+            for kind, fn in (("gate_up", run_up), ("down", run_down)):
+                w = layers[0][kind]
+                nbytes = A * (w.blocks[0].numel() + w.scales[0].numel() + 4 * w.bias[0].numel())
+                ms = graph_ms(fn, nl * REPEAT)
+                gbs = nbytes / ms / 1e6
+                log(f"{name} gemv {decode:<6} T={T} {kind:<7} {ms * 1e3:7.1f} us  {nbytes / 1e6:6.1f} MB streamed  "
+                    f"{gbs / 1e3:5.2f} TB/s  {gbs / copy_gbs:5.1%} of copy", kind="decode_kernel", model=name, T=T,
+                    decode=decode, op=kind, us=ms * 1e3, mbytes=nbytes / 1e6, gbs=gbs, of_copy=gbs / copy_gbs)
+    return ok
+
+
 def sweep(log, name, spec, layers, copy_gbs, mm_tflops, tiles: bool):
     """GEMV vs grouped at small batches; with `tiles`, also tile variants of each kernel."""
     for T in (1, 2, 3, 4, 6, 8, 12, 16):
@@ -182,9 +227,10 @@ def sweep_tiles(log, name, spec, layers, copy_gbs, mm_tflops):
     x1 = torch.randn(1, H, device="cuda").bfloat16()
     logits = [torch.nn.functional.linear(x1, L["router_w"], L["router_b"]) for L in layers]
     h1 = [K.gate_up_gemv(x1, lg, L["gate_up"], spec, M.GEMV_GATE_UP) for lg, L in zip(logits, layers)]
-    for t in [K.GemvTiles(bn, bk, w, s) for bn, bk, w, s in
+    for t in [K.GemvTiles(bn, bk, w, s, decode) for decode in K.GEMV_DECODES for bn, bk, w, s in
               [(32, 256, 4, 3), (32, 256, 4, 2), (32, 256, 4, 4), (16, 256, 4, 3), (16, 512, 4, 3), (32, 512, 4, 3),
-               (64, 128, 4, 3), (32, 128, 4, 3), (64, 256, 4, 3), (32, 256, 2, 3), (64, 256, 8, 3), (16, 256, 2, 4)]]:
+               (64, 128, 4, 3), (32, 128, 4, 3), (64, 256, 4, 3), (32, 256, 2, 3), (64, 256, 8, 3), (16, 256, 2, 4),
+               (64, 512, 4, 3), (128, 256, 4, 3), (128, 256, 8, 3)]]:
         for kind in ("gate_up", "down"):
             if kind == "gate_up":
                 fn, share = lambda i: K.gate_up_gemv(x1, logits[i % nl], layers[i % nl]["gate_up"], spec, t), up_share
@@ -226,8 +272,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--sweep", action="store_true", help="also time variants (tiles: first model only)")
+    ap.add_argument("--decodes", action="store_true", help="only the gemv path in each e2m1 decode, T = 1 and 8")
     ap.add_argument("--models", default="gpt-oss-20b,gpt-oss-120b")
     args = ap.parse_args()
+    if args.sweep and args.decodes:
+        print("bench_moe: --sweep and --decodes are separate runs; pass one")
+        sys.exit(2)
     log = Log(args.out)
     t0 = time.time()
     copy_gbs, mm_tflops = copy_bandwidth() / 1e9, matmul_rate() / 1e12  # harness.analysis.calibration's ceilings
@@ -240,6 +290,11 @@ def main():
         spec = get_spec(name)
         nl = 8 if spec.num_local_experts <= 32 else 4
         layers = [random_layer(spec, gen) for _ in range(nl)]
+        if args.decodes:
+            failed |= not compare_decodes(log, name, spec, layers, copy_gbs)
+            del layers
+            torch.cuda.empty_cache()
+            continue
         for T in (1, 3, 8, 64, PREFILL_T):
             failed |= not check(log, name, spec, layers, T)
         if args.sweep:
@@ -252,7 +307,13 @@ def main():
     log(f"\n=== MoE layer alone on {torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s, matmul {mm_tflops:.0f} "
         f"TFLOP/s ({time.time() - t0:.0f} s) ===")
     for r in log.rows:
-        if r.get("kind") == "decode" and r["path"] == "moe":
+        if r.get("kind") == "decode" and r["path"].startswith("gemv_"):
+            log(f"{r['model']:<13} {r['path']:<12} T={r['T']:<2} layer {r['us']:7.1f} us  {r['gbs']:6.0f} GB/s  "
+                f"{r['of_copy']:6.1%}")
+        elif r.get("kind") == "decode_kernel":
+            log(f"{r['model']:<13} gemv_{r['decode']:<7} T={r['T']:<2} {r['op']:<7} {r['us']:7.1f} us  "
+                f"{r['gbs'] / 1e3:5.2f} TB/s  {r['of_copy']:6.1%}")
+        elif r.get("kind") == "decode" and r["path"] == "moe":
             log(f"{r['model']:<13} decode T={r['T']:<5} {r['us']:8.1f} us  {r['gbs']:6.0f} GB/s  {r['of_copy']:6.1%}")
         elif r.get("kind") == "prefill" and r["tiles"] is None:
             log(f"{r['model']:<13} prefill T={r['T']} {r['us']:8.1f} us  {r['tflops']:6.1f} TFLOP/s  "

@@ -6,13 +6,14 @@ imported); with CUDA the same tests run compiled.
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from backends.triton_mxfp4 import moe_kernels as K
 from backends.triton_mxfp4.moe import moe, moe_reference, prepare_experts
 from backends.triton_mxfp4.routing import route, route_reference, router_logits
-from harness.model.mxfp4 import quantize
+from harness.model.mxfp4 import E2M1_VALUES, quantize
 from harness.model.spec import get_spec
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,18 +138,64 @@ def test_grouped_kernels(T, tiles, poisoned):
     assert rel_err(y, ref) < 1e-2
 
 
+@pytest.mark.parametrize("decode", K.GEMV_DECODES)
 @pytest.mark.parametrize("T", [1, 3])
-def test_gemv_kernels(T, poisoned):
+def test_gemv_kernels(T, decode, poisoned):
+    """H = I = 96 at bk 64: one full reduction step and a half-masked one."""
     spec = small_spec(H=96, I=96)
     router_w, router_b, gate_up, down = make_layer(spec)
     x = routable_x(T, spec, router_w, router_b)
-    t = K.GemvTiles(bn=32, bk=64)
+    t = K.GemvTiles(bn=32, bk=64, decode=decode)
     w1, w2 = prepare_experts(*gate_up, "gate_up"), prepare_experts(*down, "down")
     logits = torch.nn.functional.linear(x, router_w, router_b)
     y = K.down_gemv(K.gate_up_gemv(x, logits, w1, spec, t), logits, w2, spec, t)
     ref = moe_reference(x, router_w, router_b, gate_up, down, spec)
     assert not y.isnan().any()
     assert rel_err(y, ref) < 1e-2
+
+
+def test_fp16_decode_is_the_e2m1_table():
+    """The fp16x2 decode, op for op as its PTX, of every byte in every position of a word: each
+    code becomes the fp16 of its E2M1 value times 2^-14, exactly (signed zeros included)."""
+    table = np.array(E2M1_VALUES, np.float64) * 2.0 ** -14
+    byte = np.arange(256, dtype=np.uint32)
+    for pos in range(4):  # byte pos of a word holds codes 2*pos (low nibble) and 2*pos + 1
+        pairs = K._fp16x2_decode_reference(byte << np.uint32(8 * pos))
+        for nibble, code in ((2 * pos, byte & 15), (2 * pos + 1, byte >> 4)):
+            i, half = nibble % 4, nibble // 4  # pair i holds nibble i (low half) and i + 4 (high half)
+            bits = (pairs[i] >> np.uint32(16 * half)) & np.uint32(0xFFFF)
+            got = bits.astype(np.uint16).view(np.float16).astype(np.float64)
+            np.testing.assert_array_equal(got, table[code])
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(table[code]))
+            others = (pairs[i] >> np.uint32(16 * (1 - half))) & np.uint32(0xFFFF)
+            assert not others.any(), "a byte's code leaked into the other half of its pair"
+
+
+@pytest.mark.parametrize("decode", K.GEMV_DECODES)
+def test_gemv_decodes_every_byte_exactly(decode, poisoned):
+    """The down gemv with one-hot activation rows and power-of-two scales reads single weights:
+    row r of the weights holds byte (r + 37 j) mod 256 at position j, assignment a's x is 1/4 at
+    column a, so out[a, r] must be 8/4 times the E2M1 value of nibble a % 2 of byte
+    (r + 37 (a // 2)) mod 256, exactly, in every decode (all 256 bytes, both nibbles, every
+    position of a 64-column row)."""
+    spec = small_spec(E=4, H=32, I=64)
+    k, N, Kd = spec.num_experts_per_tok, spec.hidden_size, spec.intermediate_size
+    r, j = torch.arange(N)[:, None], torch.arange(Kd // 2)[None, :]
+    byte = ((r + 37 * j) % 256).to(torch.uint8)
+    assert byte.unique().numel() == 256
+    blocks = byte.reshape(1, N, Kd // 32, 16).expand(spec.num_local_experts, -1, -1, -1)
+    scales = torch.full(blocks.shape[:-1], 127 + 3, dtype=torch.uint8)  # 2^3: the values times 8
+    w = prepare_experts(blocks.to(DEV), scales.to(DEV), torch.zeros(blocks.shape[:2], device=DEV), "down")
+    A = Kd  # one assignment per column
+    h = torch.eye(A, Kd, device=DEV).bfloat16() * 0.25
+    logits = distinct_logits(A // k, spec.num_local_experts)
+    out = torch.empty((A, N), device=DEV, dtype=torch.float32)
+    out = K._gemv(h, logits, w, spec, K.GemvTiles(bn=32, bk=64, decode=decode), out, gate_up=False)
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float32)
+    a = torch.arange(A)[:, None]
+    b = ((torch.arange(N)[None, :] + 37 * (a // 2)) % 256)
+    expected = table[torch.where(a % 2 == 0, b & 15, b >> 4)] * 8 * 0.25
+    assert torch.equal(out.cpu(), expected)
 
 
 @pytest.mark.parametrize("T", [1, 3, 17, 64])

@@ -40,8 +40,8 @@ from harness.model.spec import ModelSpec
 
 GEMV_READ_FACTOR = 1.6
 # Tiles by regime (the fastest of those timed on an H100, LOG.md); .fit shrinks them for small matrices.
-GEMV_GATE_UP = K.GemvTiles(bn=32, bk=256)
-GEMV_DOWN = K.GemvTiles(bn=32, bk=512)
+GEMV_GATE_UP = K.GemvTiles(bn=32, bk=256, decode="fp16x2")
+GEMV_DOWN = K.GemvTiles(bn=32, bk=512, decode="fp16x2")
 DECODE = K.Tiles(bm=16, bn=32, bk=256, swap=True)
 # MXFP8 h is quantised in gate_up's epilogue: its column tiles must hold whole 32-groups of h (bn >= 64).
 # bn 128 puts 128 weight rows on the MMA's M side, the least that sm_100's block-scaled tcgen05.mma
@@ -92,6 +92,14 @@ def uses_gemv(tokens: int, spec: ModelSpec) -> bool:
     return tokens * spec.num_experts_per_tok <= GEMV_READ_FACTOR * spec.unique_experts(tokens)
 
 
+def grouped_tiles(tokens: int, spec: ModelSpec, mxfp8_activations: bool) -> K.Tiles:
+    """The grouped path's tiles at this many tokens: by rows per expert of all the model's experts
+    (parallel.py, which holds a slice of them, asks the same question)."""
+    if tokens * spec.num_experts_per_tok / spec.num_local_experts >= PREFILL_MIN_ROWS_PER_EXPERT:
+        return PREFILL
+    return DECODE_MX if mxfp8_activations else DECODE
+
+
 def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up: ExpertWeights,
         down: ExpertWeights, spec: ModelSpec, x_mx: MxTensor | None = None) -> torch.Tensor:
     """x [T, H] bf16 -> [T, H] bf16, the routing-weighted sum of the top-k experts' outputs.
@@ -111,8 +119,7 @@ def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up
             return K.down_gemv(h, logits, down, spec, GEMV_DOWN, x.dtype)
     with torch.profiler.record_function("moe.routing"):
         routing = route(logits, spec.num_experts_per_tok)
-    rows_per_expert = T * spec.num_experts_per_tok / gate_up.blocks.shape[0]
-    tiles = PREFILL if rows_per_expert >= PREFILL_MIN_ROWS_PER_EXPERT else DECODE if x_mx is None else DECODE_MX
+    tiles = grouped_tiles(T, spec, x_mx is not None)
     with torch.profiler.record_function("moe.w1_swiglu"):
         h = K.gate_up_grouped(x if x_mx is None else x_mx, routing, gate_up, spec, tiles)
     with torch.profiler.record_function("moe.w2_combine"):

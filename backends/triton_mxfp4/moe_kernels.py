@@ -7,9 +7,11 @@ stored (4.25 bits a weight) and decoded in registers.
            programs past the last tile exit at once. SWAP puts the weights on the MMA's M side and
            the few tokens on its N side, for decode.
   gemv     CUDA cores: one program per (assignment, column tile), the expert chosen from the router
-           logits inside the kernel (no routing launches), weights decoded by inline PTX (prmt
-           table lookups). Around a one-token MMA, dot_scaled spends most of its time moving bytes
-           between layouts; this path keeps every value in the layout it was loaded in.
+           logits inside the kernel (no routing launches), weights decoded by inline PTX
+           (GemvTiles.decode: prmt table lookups to fp32 and one FFMA a weight, or bit moves to
+           fp16 pairs and HFMA2 over each 32-group). Around a one-token MMA, dot_scaled spends most
+           of its time moving bytes between layouts; this path keeps the weights in the layout
+           they were loaded in.
 
 gate_up fuses bias, the clamped SwiGLU of interleaved (gate, up) rows and the routing weight, so
 its output rows are already weighted; down adds the bias times the routing weight and writes one
@@ -58,15 +60,31 @@ class Tiles:
         return replace(self, bn=_fit_rows(self.bn, n), bk=max(64, min(self.bk, triton.next_power_of_2(k))))
 
 
+GEMV_DECODES = ("prmt", "fp16x2")
+
+
 @dataclass(frozen=True)
 class GemvTiles:
     bn: int  # weight rows per program
     bk: int  # reduction elements per step
     num_warps: int = 4
     num_stages: int = 3
+    # fp16x2 (the engine's, moe.py): e2m1 -> fp16 pairs by bit moves, HFMA2 over each 32-group,
+    # fp32 from there on; 1.35x (T=1) to 1.65x (T=8) faster on the H200 (benchmarks/LOG.md).
+    # prmt: e2m1 -> fp32 by prmt table lookups, one FFMA a weight: the baseline bench_moe.py
+    # --decodes times it against, kept until the fewer-warps rule of `fit` has run on a GPU.
+    decode: str = "prmt"
+
+    def __post_init__(self):
+        if self.decode not in GEMV_DECODES:
+            raise ValueError(f"GemvTiles.decode must be one of {GEMV_DECODES}, got {self.decode!r}")
 
     def fit(self, n: int, k: int) -> "GemvTiles":
-        return replace(self, bn=_fit_rows(self.bn, n), bk=max(64, min(self.bk, triton.next_power_of_2(k))))
+        bn, bk = _fit_rows(self.bn, n), max(64, min(self.bk, triton.next_power_of_2(k)))
+        # fp16x2 hands each thread whole 16-byte scale groups (pack=16): a tile of fewer than 16
+        # bytes a thread would split groups across threads, so it runs on fewer warps.
+        warps = self.num_warps if self.decode == "prmt" else max(1, min(self.num_warps, bn * bk // 2 // (16 * 32)))
+        return replace(self, bn=bn, bk=bk, num_warps=warps)
 
 
 def _fit_rows(bn: int, n: int) -> int:
@@ -274,28 +292,110 @@ def _e2m1_to_f32(w):
                                      is_pure=True, pack=4)
 
 
+def _fp16x2_group_dot_asm() -> str:
+    """PTX for one 32-weight scale group: $16..$19 its 16 bytes (weights 8m..8m+7 in word m, low
+    nibble first), $20..$35 fp16 pairs of x, pair 4m+i = (x[8m+i], x[8m+4+i]); every output $0..$15
+    gets the group's dot product, in fp32 units of 2^-14 (ptxas drops the 15 copies nobody reads).
+
+    An e2m1 code s|e1 e0|m with s at bit 15 and e1 e0 m at bits 11..9 is the fp16 of its value
+    times 2^-14, for all 16 codes (0.5, e2m1's one subnormal, lands on fp16's subnormal 2^-15).
+    Pair i of word q is nibble i of each 16-bit half. Its sign must move 3 bits less than its
+    magnitude; so z takes, by one lop3, the sign bits of q and the rest of q rotated right by 3:
+    z02 for nibbles 0 and 2, z13 for 1 and 3 (their sign and magnitude bits never collide), and a
+    rotate or shift by 12 - 4i plus a mask of z gives pair i: 10 ops for 8 weights
+    (_fp16x2_decode_reference does the same in NumPy). 16 HFMA2 in one chain from +0, then both
+    lanes to fp32 and added."""
+    lines = ["{", ".reg .b32 r, z02, z13, p, acc;", ".reg .b16 lo, hi;", ".reg .f32 flo, fhi;", "mov.b32 acc, 0;"]
+    for m in range(4):
+        q, x = f"${16 + m}", [f"${20 + 4 * m + i}" for i in range(4)]
+        lines += [f"shf.r.wrap.b32 r, {q}, {q}, 3;",
+                  f"lop3.b32 z02, {q}, r, 0x08080808, 0xE4;",  # (q & c) | (r & ~c)
+                  f"lop3.b32 z13, {q}, r, 0x80808080, 0xE4;",
+                  "shf.l.wrap.b32 p, z02, z02, 12;", "and.b32 p, p, 0x8E008E00;", f"fma.rn.f16x2 acc, p, {x[0]}, acc;",
+                  "shl.b32 p, z13, 8;", "and.b32 p, p, 0x8E008E00;", f"fma.rn.f16x2 acc, p, {x[1]}, acc;",
+                  "shl.b32 p, z02, 4;", "and.b32 p, p, 0x8E008E00;", f"fma.rn.f16x2 acc, p, {x[2]}, acc;",
+                  "and.b32 p, z13, 0x8E008E00;", f"fma.rn.f16x2 acc, p, {x[3]}, acc;"]
+    lines += ["mov.b32 {lo, hi}, acc;", "cvt.f32.f16 flo, lo;", "cvt.f32.f16 fhi, hi;", "add.f32 $0, flo, fhi;"]
+    lines += [f"mov.b32 ${j}, $0;" for j in range(1, 16)] + ["}"]
+    return "\n".join(lines)
+
+
+_FP16X2_GROUP_DOT = tl.constexpr(_fp16x2_group_dot_asm())
+# x * 2^c in fp16 with max|x| * 2^c in [2^13, 2^14): a product is at most 6 * 2^14 * 2^-14 = 6 and a
+# lane's 16-term sum at most 96, far below fp16's 65504, while |x| down to max|x| * 2^-14 / |w| stay
+# normal fp16 products (gpt-oss's hidden states after RMSNorm have no proven bound, so c is per row).
+X16_TOP_EXPONENT = tl.constexpr(13)
+
+
 @triton.jit
-def _gemv_step(acc, x_row, W, S, i, K: tl.constexpr, BK: tl.constexpr, TAIL: tl.constexpr):
-    """acc [BN, BK/32] += per scale group, scale * (group's 32 weights . x); step i of the reduction."""
+def _fp16x2_group_dot(w, xp):
+    """w [R, C] uint8 (C a multiple of 16: whole scale groups), xp [C] uint32 fp16 pairs as above
+    -> [R, C / 16] fp32, each group's dot product in units of 2^-14 (times xp's scale).
+    pack=16 hands one asm instance 16 consecutive elements of a thread: a whole group, because
+    the weight load gives each thread 16-byte vectors (rows are K/2 bytes, K a multiple of 32);
+    the GPU tests would fail if a layout ever split a group."""
+    out = tl.inline_asm_elementwise(_FP16X2_GROUP_DOT, "=r," * 16 + "r," * 19 + "r",
+                                    [w, tl.broadcast_to(xp[None, :], w.shape)], dtype=tl.float32, is_pure=True,
+                                    pack=16)
+    # Keep one of each group's 16 equal outputs: splits select registers (a reduce would emit adds).
+    for n in tl.static_range(3, -1, -1):
+        out, _ = tl.split(tl.reshape(out, [w.shape[0], w.shape[1] // 16, 1 << n, 2]))
+    return tl.reshape(out, [w.shape[0], w.shape[1] // 16])
+
+
+@triton.jit
+def _x_scale_exponent(x_row, K: tl.constexpr):
+    """c with max|x| * 2^c in [2^X16_TOP_EXPONENT, 2 x that), clamped to [-100, 100] (x all zero)."""
+    k = tl.arange(0, triton.next_power_of_2(K))
+    m = tl.max(tl.abs(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)), axis=0)
+    e = (m.to(tl.int32, bitcast=True) >> 23) - 127
+    return tl.minimum(tl.maximum(X16_TOP_EXPONENT - e, -100), 100)
+
+
+@triton.jit
+def _x_fp16_pairs(x_row, i, x_mul, K: tl.constexpr, BK: tl.constexpr, TAIL: tl.constexpr):
+    """Step i's x as _FP16X2_GROUP_DOT pairs it: [BK/2] uint32, pair j = (x[8(j//4) + j%4], x[... + 4])
+    times x_mul, in fp16. Gathered in x's own layout, once per program and step, before the
+    broadcast to the weights' layout."""
+    j = i * (BK // 2) + tl.arange(0, BK // 2)
+    k = 2 * j - (j & 3)
+    if TAIL:
+        lo = tl.load(x_row + k, mask=k < K, other=0.0)
+        hi = tl.load(x_row + k + 4, mask=k < K, other=0.0)
+    else:
+        lo, hi = tl.load(x_row + k), tl.load(x_row + k + 4)
+    lo = (lo.to(tl.float32) * x_mul).to(tl.float16).to(tl.uint16, bitcast=True).to(tl.uint32)
+    hi = (hi.to(tl.float32) * x_mul).to(tl.float16).to(tl.uint16, bitcast=True).to(tl.uint32)
+    return lo | (hi << 16)
+
+
+@triton.jit
+def _gemv_step(acc, x_row, W, S, i, x_mul, K: tl.constexpr, BK: tl.constexpr, TAIL: tl.constexpr,
+               HFMA2: tl.constexpr):
+    """acc [BN, BK/32] += per scale group, scale * (group's 32 weights . x); step i of the reduction.
+    HFMA2: the group sums are in units of 2^-14 / x_mul (_fp16x2_group_dot)."""
     kx = i * BK + tl.arange(0, BK)
     kw = i * (BK // 2) + tl.arange(0, BK // 2)[None, :]
     ks = i * (BK // 32) + tl.arange(0, BK // 32)[None, :]
     if TAIL:
-        x = tl.load(x_row + kx, mask=kx < K, other=0.0)
         w = tl.load(W + kw, mask=kw < K // 2, other=0)
         s = tl.load(S + ks, mask=ks < K // 32, other=0)
     else:
-        x, w, s = tl.load(x_row + kx), tl.load(W + kw), tl.load(S + ks)
-    lo, hi = _e2m1_to_f32(w)
-    wv = tl.reshape(tl.join(lo, hi), [w.shape[0], BK])
-    part = tl.sum(tl.reshape(wv * x.to(tl.float32)[None, :], [w.shape[0], BK // 32, 32]), axis=2)
+        w, s = tl.load(W + kw), tl.load(S + ks)
+    if HFMA2:
+        part = _fp16x2_group_dot(w, _x_fp16_pairs(x_row, i, x_mul, K, BK, TAIL))
+    else:
+        x = tl.load(x_row + kx, mask=kx < K, other=0.0) if TAIL else tl.load(x_row + kx)
+        lo, hi = _e2m1_to_f32(w)
+        wv = tl.reshape(tl.join(lo, hi), [w.shape[0], BK])
+        part = tl.sum(tl.reshape(wv * x.to(tl.float32)[None, :], [w.shape[0], BK // 32, 32]), axis=2)
     return acc + part * (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # 2^(s - 127)
 
 
 @triton.jit
 def _gemv_kernel(X, stride_x, Logits, W, S, B, Out, alpha, limit, E: tl.constexpr, EP: tl.constexpr,
                  TOPK: tl.constexpr, KP: tl.constexpr, K: tl.constexpr, N: tl.constexpr, GATE_UP: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr):
+                 BN: tl.constexpr, BK: tl.constexpr, HFMA2: tl.constexpr):
     """Program (column tile, assignment a = token * TOPK + slot): one activation row against BN rows
     of the expert routed from the token's logits, on CUDA cores. Each thread holds whole 32-value
     scale groups (16 bytes), so a group's 32 products sum in registers before its one scale.
@@ -307,12 +407,18 @@ def _gemv_kernel(X, stride_x, Logits, W, S, B, Out, alpha, limit, E: tl.constexp
     rows = pid_n * BN + tl.arange(0, BN)
     W = W + e.to(tl.int64) * N * (K // 2) + rows[:, None] * (K // 2)
     S = S + e.to(tl.int64) * N * (K // 32) + rows[:, None] * (K // 32)
+    x_mul = 1.0  # HFMA2: x goes to fp16 times 2^c, and y comes back times 2^(14 - c)
+    if HFMA2:
+        c = _x_scale_exponent(x_row, K)
+        x_mul = ((c + 127) << 23).to(tl.float32, bitcast=True)
     acc = tl.zeros([BN, BK // 32], tl.float32)
     for i in range(0, K // BK):
-        acc = _gemv_step(acc, x_row, W, S, i, K, BK, False)
+        acc = _gemv_step(acc, x_row, W, S, i, x_mul, K, BK, False, HFMA2)
     if K % BK:
-        acc = _gemv_step(acc, x_row, W, S, K // BK, K, BK, True)
+        acc = _gemv_step(acc, x_row, W, S, K // BK, x_mul, K, BK, True, HFMA2)
     y = tl.sum(acc, axis=1)
+    if HFMA2:
+        y = y * ((141 - c) << 23).to(tl.float32, bitcast=True)
     if GATE_UP:
         h = _swiglu((y + tl.load(B + e * N + rows))[None, :], alpha, limit) * wt
         j = pid_n * (BN // 2) + tl.arange(0, BN // 2)
@@ -332,10 +438,43 @@ def _combine_kernel(Parts, Y, N: tl.constexpr, TOPK: tl.constexpr, BLOCK: tl.con
     tl.store(Y + t.to(tl.int64) * N + cols, y.to(Y.dtype.element_ty), mask=ok)
 
 
+def _rotl(v: np.ndarray, n: int) -> np.ndarray:
+    return (v << np.uint32(n)) | (v >> np.uint32(32 - n))
+
+
+def _fp16x2_decode_reference(q: np.ndarray) -> list[np.ndarray]:
+    """_FP16X2_GROUP_DOT's decode, op for op: uint32 words (8 e2m1 codes each, low nibble first)
+    -> the 4 fp16x2 weight pairs (uint32 bit patterns), pair i = nibble i of each 16-bit half."""
+    q = q.astype(np.uint32)
+    r = _rotl(q, 29)
+    z02 = (q & np.uint32(0x08080808)) | (r & ~np.uint32(0x08080808))
+    z13 = (q & np.uint32(0x80808080)) | (r & ~np.uint32(0x80808080))
+    return [p & np.uint32(0x8E008E00) for p in (_rotl(z02, 12), z13 << np.uint32(8), z02 << np.uint32(4), z13)]
+
+
+def _fp16x2_group_dot_reference(w: np.ndarray, xp: np.ndarray) -> np.ndarray:
+    """What _FP16X2_GROUP_DOT computes on the GPU, bit for bit: w [..., C] uint8, xp [..., C] uint32
+    -> [..., C] fp32, every 16 outputs their group's sum. fma.rn.f16x2 rounds once: the float64
+    w * x + acc of fp16s is exact (its terms are at most 55 bits apart only where the smaller one is
+    far below half an fp16 ulp of the larger), so rounding that to fp16 is the GPU's result."""
+    words = np.ascontiguousarray(w).view(np.uint32).reshape(*w.shape[:-1], -1, 4)  # little-endian, as on the GPU
+    pairs = np.stack(_fp16x2_decode_reference(words), axis=-1).reshape(*words.shape[:-1], 16)  # pair 4m + i
+
+    def halves(v):  # uint32 fp16 pairs -> [..., 2] float64
+        return np.stack([v & 0xFFFF, v >> 16], axis=-1).astype(np.uint16).view(np.float16).astype(np.float64)
+
+    products = halves(pairs) * halves(xp.reshape(pairs.shape))  # exact: 2 x 11 significant bits
+    acc = np.zeros(products.shape[:-2] + (2,), np.float16)
+    for j in range(16):
+        acc = (products[..., j, :] + acc).astype(np.float16)
+    part = acc[..., 0].astype(np.float32) + acc[..., 1].astype(np.float32)
+    return np.repeat(part, 16, axis=-1)
+
+
 def _interpret_mx_ops() -> None:
-    """Triton 3.6's interpreter has no tl.dot_scaled and runs no PTX: give it both ops used here,
+    """Triton 3.6's interpreter has no tl.dot_scaled and runs no PTX: give it the ops used here,
     for e2m1, e4m3 and bf16 operands (e2m1 packed along K, E8M0 scales per 32), exact in fp32 as on
-    the GPU."""
+    the GPU, and the gemv's two PTX decodes (the fp16x2 one with its fp16 roundings)."""
     from triton._C.libtriton import ir
     from triton.runtime import interpreter as it
 
@@ -366,14 +505,16 @@ def _interpret_mx_ops() -> None:
 
     create_inline_asm = it.InterpreterBuilder.create_inline_asm
 
-    def create_inline_asm_e2m1(self, asm, constraints, values, types, is_pure, pack):
-        if asm != _E2M1_TO_F32.value:
-            return create_inline_asm(self, asm, constraints, values, types, is_pure, pack)
-        b = values[0].data
-        return Results(it.TensorHandle(lut[v], tl.float32) for v in (b & 15, b >> 4))
+    def create_inline_asm_mx(self, asm, constraints, values, types, is_pure, pack):
+        if asm == _E2M1_TO_F32.value:
+            b = values[0].data
+            return Results(it.TensorHandle(lut[v], tl.float32) for v in (b & 15, b >> 4))
+        if asm == _FP16X2_GROUP_DOT.value:
+            return Results([it.TensorHandle(_fp16x2_group_dot_reference(values[0].data, values[1].data), tl.float32)])
+        return create_inline_asm(self, asm, constraints, values, types, is_pure, pack)
 
     it.InterpreterBuilder.create_dot_scaled = create_dot_scaled
-    it.InterpreterBuilder.create_inline_asm = create_inline_asm_e2m1
+    it.InterpreterBuilder.create_inline_asm = create_inline_asm_mx
 
 
 if triton.knobs.runtime.interpret:
@@ -442,7 +583,8 @@ def _gemv(x, logits, w, spec, tiles: GemvTiles, out: torch.Tensor, gate_up: bool
     t = tiles.fit(w.n, w.k)
     _gemv_kernel[(w.n // t.bn, logits.shape[0] * k)](
         x, x.stride(0), logits, w.blocks, w.scales, w.bias, out, spec.swiglu_alpha, spec.swiglu_limit, E,
-        triton.next_power_of_2(E), k, triton.next_power_of_2(k), w.k, w.n, gate_up, t.bn, t.bk, **_launch_opts(t))
+        triton.next_power_of_2(E), k, triton.next_power_of_2(k), w.k, w.n, gate_up, t.bn, t.bk, t.decode == "fp16x2",
+        **_launch_opts(t))
     return out
 
 

@@ -77,7 +77,7 @@ MARLIN = "Marlin W4A16: e2m1 weights dequantised to bf16 in registers, bf16 MMA 
 TRITON_OGS = "TRITON: triton_kernels matmul_ogs, MXFP4 weights x bf16 activations (W4A16; e2m1 upcast in-kernel, bf16 MMA)"
 LLAMA_INT8 = ("CUDA MXFP4: e2m1 codes mapped to int8 by table, activations quantised to q8_1; int8 MMA tiles "
               "(mul_mat_q) for larger batches, dp4a GEMV (mul_mat_vec_q) for small ones")
-OURS_MXFP4 = ("small batches: CUDA-core GEMV (_gemv_kernel), e2m1 decoded in registers by prmt lookups; larger "
+OURS_MXFP4 = ("small batches: CUDA-core GEMV (_gemv_kernel), e2m1 moved into fp16 pairs by bit operations and summed per 32-group by packed HFMA2; larger "
               "batches and prefill: grouped GEMMs (_gate_up_kernel/_down_kernel) with tl.dot_scaled bf16 x e2m1, "
               "which Triton lowers as an upcast to bf16 and a bf16 MMA")
 OURS_MXFP8 = "quant=mxfp4_mxfp8 (MXFP8 activations x MXFP4 experts in the grouped GEMMs): "
