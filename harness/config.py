@@ -68,6 +68,63 @@ class ModelChoice:
 
 
 @dataclass
+class Parallel:
+    """How one engine spans GPUs (docs/multi-gpu.md). gpus = tp x dp; ep is 1 (each expert split by
+    TP like the dense weights) or tp x dp (vLLM's expert parallelism: the experts are spread whole
+    over every TP x DP rank, the attention stays TP-split and DP-replicated)."""
+    gpus: Optional[int] = _key("GPUs one engine uses; null: tp x dp", default=None)
+    tp: int = _key("tensor parallel: attention heads, dense and (with ep=1) expert weights split tp ways",
+                   default=1)
+    ep: int = _key("expert parallel: 1 (experts TP-split) or tp x dp (whole experts spread over every rank)",
+                   default=1)
+    dp: int = _key("data parallel: engine replicas, each with batch/dp of the sequences", default=1)
+
+    @property
+    def gpu_count(self) -> int:
+        return self.gpus if self.gpus is not None else self.tp * self.dp
+
+    def problems(self, num_attention_heads: int | None = None, num_experts: int | None = None) -> list[str]:
+        """One line per bad combination; the model's head and expert counts where known."""
+        bad = [f"parallel.{k}={getattr(self, k)}: must be a positive integer"
+               for k in ("tp", "ep", "dp") if not _positive_int(getattr(self, k))]
+        if self.gpus is not None and not _positive_int(self.gpus):
+            bad.append(f"parallel.gpus={self.gpus}: must be a positive integer or null (tp x dp)")
+        if bad:
+            return bad
+        out = []
+        if self.gpus is not None and self.gpus != self.tp * self.dp:
+            out.append(f"parallel.gpus={self.gpus}: must equal parallel.tp x parallel.dp = {self.tp * self.dp} "
+                       "(or null)")
+        if self.ep not in (1, self.tp * self.dp):
+            out.append(f"parallel.ep={self.ep}: must be 1 or parallel.tp x parallel.dp = {self.tp * self.dp} "
+                       "(experts are spread over every rank)")
+        if num_attention_heads is not None and num_attention_heads % self.tp:
+            out.append(f"parallel.tp={self.tp}: must divide the model's {num_attention_heads} attention heads")
+        if num_experts is not None and num_experts % self.ep:
+            out.append(f"parallel.ep={self.ep}: must divide the model's {num_experts} experts")
+        return out
+
+    def refused_by(self, backend: str, supported: tuple[str, ...]) -> list[str]:
+        """Lines for the keys of this layout that an engine does not implement (`supported`: the
+        subset of tp, ep, dp it does); an engine that supports none runs on one GPU."""
+        used = [k for k in ("tp", "ep", "dp") if getattr(self, k) > 1 and k not in supported]
+        if not used:
+            return []
+        if not supported:
+            return [f"parallel.gpus={self.gpu_count}: backend {backend} runs on one GPU; "
+                    "use backend=vllm (or vllm_serve) to span GPUs"]
+        return [f"parallel.{k}={getattr(self, k)}: backend {backend} supports only "
+                f"{', '.join('parallel.' + s for s in supported)}" for k in used]
+
+    def devices(self, first: int = 0) -> list[int]:
+        """The CUDA device indices of the point's GPUs (within CUDA_VISIBLE_DEVICES)."""
+        return list(range(first, first + self.gpu_count))
+
+    def columns(self) -> dict:
+        return {"gpu_count": self.gpu_count, "tp": self.tp, "ep": self.ep, "dp": self.dp}
+
+
+@dataclass
 class QuantChoice:
     name: str = _key("mxfp4 (experts as shipped), bf16 (dequantised at load), or another harness.model.spec mode")
 
@@ -122,6 +179,7 @@ class SweepConfig:
     model: ModelChoice = field(default_factory=ModelChoice)
     quant: QuantChoice = field(default_factory=QuantChoice)
     workload: Workload = field(default_factory=Workload)
+    parallel: Parallel = field(default_factory=Parallel)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     agreement: AgreementSchema = field(default_factory=AgreementSchema)
     results_dir: str = _key("run folders go to <results_dir>/<run_id>/")
@@ -173,6 +231,7 @@ class PointConfig:
     telemetry: TelemetryConfig
     agreement: Agreement
     device: str
+    parallel: Parallel = field(default_factory=Parallel)  # the agreement reference always runs on one GPU
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,13 +241,15 @@ class PointConfig:
         a = d["agreement"]
         return cls(BackendChoice(**d["backend"]), ModelChoice(**d["model"]), d["quant"], Workload(**d["workload"]),
                    TelemetryConfig.from_cfg(d["telemetry"]),
-                   Agreement(a["enabled"], a["seqs"], a["tokens"], BackendChoice(**a["reference"])), d["device"])
+                   Agreement(a["enabled"], a["seqs"], a["tokens"], BackendChoice(**a["reference"])), d["device"],
+                   Parallel(**d.get("parallel", {})))
 
     def group_key(self) -> dict:
         """What a worker loads: points with equal keys share one engine."""
         return {"backend": asdict(self.backend), "model": asdict(self.model), "quant": self.quant,
                 "workload": self.workload.group_part(), "telemetry": asdict(self.telemetry),
-                "reference": asdict(self.agreement.reference), "device": self.device}
+                "reference": asdict(self.agreement.reference), "device": self.device,
+                "parallel": asdict(self.parallel)}  # another layout is another engine
 
     def positions(self) -> int:
         """The longest sequence any call of the point reaches: its own, the profiler window's, the

@@ -78,6 +78,8 @@ class Backend(ABC):
     # alias (float64, int64, string, bool); the harness's own columns are declared beside the code
     # that fills them (harness.results.POINT_COLUMNS).
     columns_schema: dict[str, str] = {}
+    # Which of parallel.tp / ep / dp this engine implements (docs/multi-gpu.md); none: one GPU.
+    parallel_keys: tuple[str, ...] = ()
 
     def __init__(self, **options):
         self.options = options

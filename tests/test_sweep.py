@@ -64,3 +64,15 @@ def test_prompt_rows_do_not_depend_on_the_batch():
     assert torch.equal(small, big[:2])
     assert not torch.equal(prompts(spec, 1, 64, 2), small)
     assert int(big.max()) < min(spec.bos_token_id, spec.eos_token_id, spec.pad_token_id)
+
+
+def test_a_layout_is_checked_named_and_refused_by_one_gpu_engines(sweep):
+    """parallel.* reaches the point (its group, its name) and is checked against the model and the
+    engine: the fault backend, like torch_ref, declares no parallel_keys and runs on one GPU."""
+    with pytest.raises(SweepError) as e:
+        sweep("backend=fault", "model=gpt-oss-tiny", "parallel.tp=2,3")
+    msg = str(e.value)
+    assert "parallel.gpus=2: backend fault runs on one GPU" in msg
+    assert "parallel.tp=3: must divide the model's" in msg
+    points = sweep("backend=fault", "model=gpt-oss-tiny")
+    assert points[0].config.parallel.gpu_count == 1 and "-tp" not in points[0].group

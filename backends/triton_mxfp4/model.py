@@ -168,7 +168,11 @@ class Transformer:
             with scope("attn_prefill"):
                 a = attention_prefill(q, k, v, L.sinks, batch, L.window)
         with scope("o_proj"):
-            return F.linear(a, L.o_w, L.o_b)
+            return self._o_proj(a, L)
+
+    def _o_proj(self, a: torch.Tensor, L: Layer) -> torch.Tensor:
+        """The attention block's output projection (parallel.py splits it across ranks)."""
+        return F.linear(a, L.o_w, L.o_b)
 
     def _moe(self, L: Layer, x, y) -> torch.Tensor:
         T = x.shape[0]

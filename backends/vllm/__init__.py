@@ -30,22 +30,41 @@ from harness.model.bf16_checkpoint import engine_checkpoint
 from backends.vllm.log import EngineLog
 
 
-class EngineOptions:
-    """The engine settings both modes share (yaml keys of conf/backend/vllm*.yaml)."""
+# NVLink multicast (NVLS) stays off in every engine process: NCCL's NVLS collectives, torch's
+# symmetric-memory multicast and NVSHMEM's are unavailable or unreliable on the lent multi-GPU hosts
+# (see the device notes), and one setting for all runs keeps TP numbers comparable. Applied after the
+# yaml's env, so a yaml cannot turn it back on.
+NVLS_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
-    def __init__(self, tensor_parallel_size: int = 1, enforce_eager: bool = False, kv_cache_dtype: str = "auto",
+# The parallel keys each mode implements (harness.config.Parallel): vLLM's offline LLM refuses
+# data_parallel_size > 1 in one process (vllm-project/vllm#27282), its server runs DP ranks itself.
+OFFLINE_PARALLEL = ("tp", "ep")
+SERVE_PARALLEL = ("tp", "ep", "dp")
+
+
+class EngineOptions:
+    """The engine settings both modes share (yaml keys of conf/backend/vllm*.yaml); the GPU layout
+    comes with the load request (the sweep's `parallel` keys), not from the yaml."""
+
+    def __init__(self, enforce_eager: bool = False, kv_cache_dtype: str = "auto",
                  gpu_memory_utilization: float = 0.9, moe_path: str = "auto", dtype: str = "bfloat16",
                  env: dict | None = None):
         paths.moe_path(moe_path, True)  # a bad name fails at construction, not in the engine
-        self.tensor_parallel_size, self.enforce_eager = tensor_parallel_size, enforce_eager
+        self.enforce_eager = enforce_eager
         self.kv_cache_dtype, self.gpu_memory_utilization = kv_cache_dtype, gpu_memory_utilization
         self.moe_path, self.dtype, self.env = moe_path, dtype, {k: str(v) for k, v in (env or {}).items()}
 
+    def environment(self, moe_env: dict[str, str]) -> dict[str, str]:
+        """What the engine's processes get on top of the worker's environment."""
+        return {**moe_env, **self.env, **NVLS_OFF}
+
     def engine_args(self, request: LoadRequest) -> dict:
         """vLLM engine arguments, named as EngineArgs names them (the CLI spells them with dashes)."""
+        p = request.parallel
         # Prefix caching off: repeats of the same prompts would otherwise skip their prefill.
         return {"skip_tokenizer_init": True, "enable_prefix_caching": False, "max_model_len": request.max_seq_len,
-                "max_num_seqs": request.max_batch_size, "tensor_parallel_size": self.tensor_parallel_size,
+                "max_num_seqs": request.max_batch_size, "tensor_parallel_size": p.tp,
+                "data_parallel_size": p.dp, "enable_expert_parallel": p.ep > 1,
                 "enforce_eager": self.enforce_eager, "kv_cache_dtype": self.kv_cache_dtype,
                 "gpu_memory_utilization": self.gpu_memory_utilization, "dtype": self.dtype, "seed": request.seed}
 
@@ -78,9 +97,13 @@ def _version() -> str:
 
 
 class VLLM(Backend):
+    parallel_keys = OFFLINE_PARALLEL
+
     @classmethod
     def problems(cls, quant: str, device: str, options: dict) -> list[str]:
         return _problems(quant, device)
+
+    engine_options = EngineOptions  # what **options takes (the sweep checks a point's keys against it)
 
     def __init__(self, engine_args: dict | None = None, **options):
         super().__init__(engine_args=engine_args, **options)
@@ -91,7 +114,7 @@ class VLLM(Backend):
 
     def load(self, request: LoadRequest) -> None:
         moe = paths.installed_moe_path(self.engine.moe_path)
-        os.environ.update({**moe.env, **self.engine.env})
+        os.environ.update(self.engine.environment(moe.env))  # the engine core and its workers inherit it
         from vllm import LLM
 
         path = engine_checkpoint(request)
@@ -156,13 +179,15 @@ class VLLM(Backend):
 class VLLMServe(OpenAIEndpoint):
     """vLLM's OpenAI server (this interpreter's vLLM) as a child process, driven by the OpenAI client."""
 
+    parallel_keys = SERVE_PARALLEL
+
     def __init__(self, serve_args: list[str] | None = None, ready_timeout_s: float = 900.0,
-                 tensor_parallel_size: int = 1, enforce_eager: bool = False, kv_cache_dtype: str = "auto",
+                 enforce_eager: bool = False, kv_cache_dtype: str = "auto",
                  gpu_memory_utilization: float = 0.9, moe_path: str = "auto", dtype: str = "bfloat16",
                  env: dict | None = None, **client_options):
         client_options.setdefault("extra_body", {"return_token_ids": True})  # vLLM streams token ids on request
         super().__init__(serve_args=serve_args, ready_timeout_s=ready_timeout_s, **client_options)
-        self.engine = EngineOptions(tensor_parallel_size, enforce_eager, kv_cache_dtype, gpu_memory_utilization,
+        self.engine = EngineOptions(enforce_eager, kv_cache_dtype, gpu_memory_utilization,
                                     moe_path, dtype, env)
 
     @classmethod
@@ -178,7 +203,7 @@ class VLLMServe(OpenAIEndpoint):
                    "--model", str(engine_checkpoint(request)), "--host", HOST, "--port", str(port),
                    "--served-model-name", request.spec.name, *self.engine.cli_args(request), *moe.cli_args(),
                    *(self.options["serve_args"] or [])]
-        return ServerProcess("vllm serve", command, port, env={**moe.env, **self.engine.env},
+        return ServerProcess("vllm serve", command, port, env=self.engine.environment(moe.env),
                              ready_timeout_s=self.options["ready_timeout_s"])
 
     def columns(self) -> dict:

@@ -29,13 +29,16 @@ from scipy.interpolate import PchipInterpolator
 
 from harness import results
 from harness.analysis.hardware import KNOWN_GPUS, GpuPeak, gpu_peak
+from harness.analysis import roofline
 from harness.analysis.prices import Prices
+from harness.config import Parallel
 from harness.model.spec import SPECS, ModelSpec
 from harness.analysis.pareto import pareto_front
 
 DEFAULT_TARGETS = (50.0, 100.0, 200.0)  # tok/s per user
 DEFAULT_LOAD_TOK_S = 100_000.0  # aggregate output tok/s the "GPUs needed" column sizes for
 GROUP = ["hardware", "model", "backend", "quant", "context_len"]
+LAYOUT = ["gpu_count", "tp", "ep", "dp"]  # one engine's GPUs (harness.config.Parallel); runs before it: 1 GPU
 MEASURED = "measured"
 
 
@@ -133,15 +136,17 @@ def load_points(paths) -> tuple[pd.DataFrame, list[Machine]]:
 
 
 def pool(points: pd.DataFrame) -> pd.DataFrame:
-    """One row per (hardware, model, backend, quant, context, batch) of the ok points, runs of one
-    hardware averaged; cv is the larger of the repeats' spread and the runs' spread."""
+    """One row per (hardware, model, backend, quant, context, GPU layout, batch) of the ok points,
+    runs of one hardware averaged; cv is the larger of the repeats' spread and the runs' spread.
+    per_gpu is the point's tok/s over the GPUs its engine spans: a 4-GPU point competes on the
+    front with 1-GPU points per GPU, and is priced at its GPUs' hours (usd_per_gpu_hour x gpus)."""
     ok = points[(points["status"] == "ok") & points["tpot_ms_mean"].notna() & points["decode_tok_s"].notna()]
     if ok.empty:
-        return pd.DataFrame(columns=[*GROUP, "batch_size", "per_user", "per_gpu"])
-    ok = ok.assign(gpu_count=ok["gpu_count"].fillna(1).clip(lower=1))
-    g = ok.groupby([*GROUP, "batch_size"], sort=True)
+        return pd.DataFrame(columns=[*GROUP, *LAYOUT, "batch_size", "per_user", "per_gpu"])
+    ok = ok.assign(**{c: ok[c].fillna(1).clip(lower=1) if c in ok else 1 for c in LAYOUT})
+    g = ok.groupby([*GROUP, *LAYOUT, "batch_size"], sort=True)
     spread = g["decode_tok_s"].std(ddof=1) / g["decode_tok_s"].mean()
-    pooled = g.agg(gpu_name=("gpu_name", "first"), gpu_count=("gpu_count", "first"),
+    pooled = g.agg(gpu_name=("gpu_name", "first"),
                    tpot_ms_mean=("tpot_ms_mean", "mean"), decode_tok_s=("decode_tok_s", "mean"),
                    ttft_ms=("ttft_ms", "mean"), energy_j_per_tok=("energy_j_per_tok", "mean"),
                    power_w_mean=("power_w_mean", "mean"), new_tokens=("new_tokens", "max"),
@@ -278,9 +283,9 @@ def _project_point(r: pd.Series, spec: ModelSpec, ref: GpuPeak, target: GpuPeak,
     new_tokens = int(r["new_tokens"]) if pd.notna(r["new_tokens"]) else 1
     if spec.weight_bytes(r["quant"]) + spec.kv_cache_bytes(batch, context + new_tokens) > target.memory_gib * 2**30 * gpus:
         return None
-    mean_context = round(context + (new_tokens - 1) / 2)
-    nbytes = spec.decode_step_bytes(batch, mean_context, r["quant"]) / gpus
-    flops = spec.decode_step_flops(batch, mean_context) / gpus
+    layout = Parallel(gpus, int(r["tp"]), int(r["ep"]), int(r["dp"]))
+    cost = roofline.per_gpu(spec, r["quant"], batch, context, round(context + (new_tokens - 1) / 2), layout)
+    nbytes, flops = cost.decode_bytes, cost.decode_flops
     step = r["tpot_ms_mean"] / 1e3
     mbu, mfu = nbytes / step / ref.mem_bw_bytes_s, flops / step / ref.bf16_flops
     rate, _ = _rate(target, fp4)
@@ -347,7 +352,7 @@ def memory_fit(points: pd.DataFrame, machines: list[Machine]) -> list[MemoryFit]
             peak.name if peak else str(p["gpu_name"].dropna().iloc[0] if p["gpu_name"].notna().any() else hw),
             hw, model, backend, quant, int(ctx), int(top["batch_size"]) if top is not None else None,
             float(capacity.iloc[0]) if len(capacity) else (peak.memory_gib if peak else None),
-            float(top["peak_mem_gib"]) if top is not None and pd.notna(top["peak_mem_gib"]) else None,
+            _peak_per_gpu(top),
             "measured peak memory", note))
     shapes = points[points["model"].isin(SPECS)][["model", "quant", "context_len", "new_tokens"]]
     shapes = shapes.groupby(["model", "quant", "context_len"], as_index=False)["new_tokens"].max()
@@ -362,6 +367,17 @@ def memory_fit(points: pd.DataFrame, machines: list[Machine]) -> list[MemoryFit]
                                   f"{spec.kv_cache_bytes(1, total) / 2**20:.0f} MiB KV per sequence; "
                                   "runtime overhead not counted (an upper bound)"))
     return fits
+
+
+def _peak_per_gpu(top: pd.Series | None) -> float | None:
+    """The fullest GPU's peak, comparable with one GPU's capacity; runs before the per-GPU column
+    had one GPU per engine, where the total is that GPU's."""
+    if top is None:
+        return None
+    for column in ("peak_mem_per_gpu_gib", "peak_mem_gib"):
+        if pd.notna(top.get(column)):
+            return float(top[column])
+    return None
 
 
 # ---- the whole comparison ------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.config import Parallel
 from harness.model.spec import ModelSpec
 
 
@@ -20,3 +21,4 @@ class LoadRequest:
     device: str = "cuda"
     max_batch_size: int = 1  # the largest batch and sequence length of the group, for cache sizing
     max_seq_len: int = 2048
+    parallel: Parallel = field(default_factory=Parallel)  # the GPUs it spans (docs/multi-gpu.md)

@@ -235,6 +235,18 @@ class ModelSpec:
         return 2 * (dense - self.num_hidden_layers * self.num_local_experts * self.expert_biases) \
             + self.num_hidden_layers * self.num_local_experts * self.expert_bytes(quant)
 
+    def shard_weight_bytes(self, quant: str = "mxfp4", tp: int = 1, ep: int = 1) -> float:
+        """Weight bytes one GPU holds with attention split over `tp` ranks by heads (q/k/v rows, sinks,
+        o_proj's input columns; o_proj's bias whole on each) and the experts over `ep` ranks;
+        embedding, unembedding, norms and routers replicated. tp = ep = 1 gives weight_bytes(quant)."""
+        if tp < 1 or ep < 1 or self.num_key_value_heads % tp or self.num_local_experts % ep:
+            raise ValueError(f"{self.name}: tp={tp} must divide num_key_value_heads={self.num_key_value_heads} "
+                             f"and ep={ep} must divide num_local_experts={self.num_local_experts}")
+        H, L = self.hidden_size, self.num_hidden_layers
+        replicated = 2 * self.vocab_size * H + H + L * (2 * H + self.router_params + H)
+        return 2 * (replicated + L * (self.attention_params - H) / tp) \
+            + L * (self.num_local_experts // ep) * self.expert_bytes(quant)
+
     @property
     def kv_bytes_per_token_layer(self) -> int:
         return 2 * self.kv_dim * 2  # K and V, bf16

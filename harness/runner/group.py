@@ -57,7 +57,7 @@ class GroupRun:
             "backend": c.backend.name, "backend_version": self.loaded.get("backend_version"),
             "model": spec.name, "quant": c.quant, "seed": w.seed, "router_skew": w.router_skew,
             "batch_size": w.batch_size, "context_len": w.context_len, "new_tokens": w.new_tokens,
-            "repeats": w.repeats, "gpu_name": gpu_name, "gpu_count": self.facts.get("gpu_count", self.host["gpu_count"]),
+            "repeats": w.repeats, "gpu_name": gpu_name, **c.parallel.columns(),
             "hardware": self.settings["hardware"] or gpu_name or self.facts.get("cpu_model", self.host["cpu_model"]),
             "device_mem_gib": self.facts.get("device_mem_gib"), "load_s": self.loaded.get("load_s"),
             "status": status, "error": "",
@@ -65,7 +65,8 @@ class GroupRun:
         }
         ceilings = self.loaded.get("ceilings")
         row.update(roofline(spec, c.quant, w.batch_size, w.context_len, w.new_tokens, row.get("tpot_ms_mean"),
-                            row.get("ttft_ms"), gpu_name, Ceilings.from_dict(ceilings) if ceilings else None))
+                            row.get("ttft_ms"), gpu_name, Ceilings.from_dict(ceilings) if ceilings else None,
+                            c.parallel))
         return row
 
     def record(self, point: Point, row: dict, result: dict | None = None) -> None:

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Optional
 
-from harness.config import BackendChoice, ModelChoice, PointConfig, TelemetryConfig, Workload
+from harness.config import BackendChoice, ModelChoice, Parallel, PointConfig, TelemetryConfig, Workload
 
 
 @dataclass
@@ -29,17 +29,18 @@ class Load:
     trace_dir: Optional[str]
     max_batch_size: int
     max_seq_len: int
+    parallel: Parallel = field(default_factory=Parallel)  # the GPUs the engine spans
 
     @classmethod
     def for_points(cls, backend: BackendChoice, configs: list[PointConfig], cache_dir: str, trace_dir: str | None,
                    telemetry: TelemetryConfig | None = None, max_batch_size: int | None = None,
-                   max_seq_len: int | None = None) -> Load:
+                   max_seq_len: int | None = None, parallel: Parallel | None = None) -> Load:
         """The load of a group of points (the engine measured) or of its oracle (`backend` given,
         telemetry quiet, sizes of the reference prompts)."""
         c = configs[0]
         return cls(backend, c.model, c.quant, c.workload, c.device, telemetry or c.telemetry, cache_dir, trace_dir,
                    max_batch_size or max(p.workload.batch_size for p in configs),
-                   max_seq_len or max(p.positions() for p in configs))
+                   max_seq_len or max(p.positions() for p in configs), parallel or c.parallel)
 
 
 @dataclass
@@ -106,7 +107,8 @@ def decode(line: str) -> Any:
     cls = MESSAGES[d.pop("type")]
     if cls is Load:
         d.update(backend=BackendChoice(**d["backend"]), model=ModelChoice(**d["model"]),
-                 workload=Workload(**d["workload"]), telemetry=TelemetryConfig.from_cfg(d["telemetry"]))
+                 workload=Workload(**d["workload"]), telemetry=TelemetryConfig.from_cfg(d["telemetry"]),
+                 parallel=Parallel(**d["parallel"]))
     elif cls is RunPoint:
         d["workload"] = Workload(**d["workload"])
     return cls(**d)

@@ -14,7 +14,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from harness.config import TelemetryConfig
+from harness.config import Parallel, TelemetryConfig
 from harness.model.spec import weight_format
 from harness.results import write_text_atomic
 from harness.runner import messages as M
@@ -85,7 +85,8 @@ def _ask(worker: WorkerProcess, keys: list[dict], point: Point, cache: Reference
     worker.request(None, w.load_timeout_s)
     load = M.Load.for_points(oracle, [c], cache_dir, None, telemetry=QUIET,
                              max_batch_size=max(k["seqs"] for k in keys),
-                             max_seq_len=max(k["context_len"] + k["tokens"] for k in keys))
+                             max_seq_len=max(k["context_len"] + k["tokens"] for k in keys),
+                             parallel=Parallel())  # the oracle runs on one GPU
     load.quant = weight_format(c.quant)
     loaded = worker.request(load, w.load_timeout_s)
     if loaded.status != "ok":

@@ -24,7 +24,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness.config import Agreement, BackendChoice, ModelChoice, PointConfig, SweepConfig, TelemetryConfig, Workload
+from harness.config import (Agreement, BackendChoice, ModelChoice, Parallel, PointConfig, SweepConfig, TelemetryConfig,
+                            Workload)
 from harness.model.spec import QUANT_MODES, SPECS
 from harness.runner.point import Point, load_class, model_spec
 from harness.runner.worker_process import REPO_ROOT
@@ -111,7 +112,8 @@ def point_config(cfg: DictConfig) -> PointConfig:
     a = cfg.agreement
     return PointConfig(backend(cfg.backend), model, cfg.quant.name, Workload(**OmegaConf.to_container(cfg.workload)),
                        TelemetryConfig.from_cfg(OmegaConf.to_container(cfg.telemetry)),
-                       Agreement(a.enabled, a.seqs, a.tokens, backend(a.reference)), cfg.device)
+                       Agreement(a.enabled, a.seqs, a.tokens, backend(a.reference)), cfg.device,
+                       Parallel(**OmegaConf.to_container(cfg.parallel)))
 
 
 def _first_lines(e: Exception) -> str:
@@ -174,7 +176,9 @@ def _name(configs: list[tuple[list[str], PointConfig]]) -> list[Point]:
     group_keys, group_names, point_names = [], [], []
     for _, c in configs:
         w = c.workload
-        stem = f"{c.backend.name}-{model_spec(c.model).name}-{c.quant}"
+        p = c.parallel
+        stem = f"{c.backend.name}-{model_spec(c.model).name}-{c.quant}" + (
+            f"-tp{p.tp}ep{p.ep}dp{p.dp}" if p.gpu_count > 1 else "")
         group_keys.append(c.group_key())
         group_names.append(stem)
         point_names.append(f"{stem}-b{w.batch_size}-c{w.context_len}-n{w.new_tokens}")
@@ -186,8 +190,11 @@ def _name(configs: list[tuple[list[str], PointConfig]]) -> list[Point]:
 # ---- validation ------------------------------------------------------------------------------------
 def _options(cls: type) -> set[str] | None:
     """The engine options a backend class takes: the named parameters of its constructors, up the
-    classes whose constructor passes the rest on (**options), to the contract's Backend."""
+    classes whose constructor passes the rest on (**options), to the contract's Backend, and those
+    of its `engine_options` class, where it hands **options to one."""
     names: set[str] = set()
+    if helper := getattr(cls, "engine_options", None):
+        names |= {p for p in inspect.signature(helper.__init__).parameters if p != "self"}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
@@ -227,6 +234,10 @@ def point_problems(c: PointConfig) -> list[str]:
     if c.quant not in QUANT_MODES:
         out.append(f"quant={c.quant}: unknown quant mode; known: {list(QUANT_MODES)}")
     out += _backend_problems(c.backend, "backend", c.quant, c.device)
+    try:  # a backend that does not import is reported above
+        out += c.parallel.refused_by(c.backend.name, load_class(c.backend.target).parallel_keys)
+    except Exception:
+        pass
     if c.agreement.enabled:
         out += _backend_problems(c.agreement.reference, "agreement.reference", None, c.device)
 
@@ -246,6 +257,7 @@ def point_problems(c: PointConfig) -> list[str]:
     if m.synthetic not in ("disk", "device"):
         out.append(f"model.synthetic={m.synthetic}: expected disk or device")
 
+    out += c.parallel.problems(spec.num_attention_heads if spec else None, spec.num_local_experts if spec else None)
     w, a = c.workload, c.agreement
     out += w.problems()
     if a.enabled and not (a.seqs > 0 and a.tokens > 0):

@@ -117,14 +117,14 @@ class Server:
             checkpoint = synthetic_checkpoint(self.spec, w.seed, w.router_skew,
                                               cache_dir=Path(msg.cache_dir) / "checkpoints", progress=False)
         request = LoadRequest(self.spec, msg.quant, checkpoint, w.seed, w.router_skew, str(device),
-                              msg.max_batch_size, msg.max_seq_len)
+                              msg.max_batch_size, msg.max_seq_len, msg.parallel)
         self.phase("load")
         t0 = time.perf_counter()
         cls = load_class(msg.backend.target)
         self.backend = cls(**msg.backend.options)
         self.backend.load(request)
         load_s = time.perf_counter() - t0
-        self.tel = Telemetry(msg.telemetry, device_index=device.index or 0, trace_dir=msg.trace_dir)
+        self.tel = Telemetry(msg.telemetry, device_index=msg.parallel.devices(device.index or 0), trace_dir=msg.trace_dir)
         # The device's own ceilings, measured once per GPU and driver (cached): MBU and MFU divide by
         # them. Not in the oracle's worker, whose telemetry is off: nothing of it is measured.
         ceilings = calibrate(device, msg.cache_dir) if device.type == "cuda" and msg.telemetry.nvml else None

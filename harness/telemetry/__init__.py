@@ -13,6 +13,11 @@ One `Telemetry` per worker process; one `PointTelemetry` context per sweep point
     telemetry_rows.append(pt.samples()); kernel_rows.append(pt.kernels())
     tel.close()
 
+A point that spans GPUs (device_index: every GPU of its layout) is sampled on each: telemetry.parquet
+has a row per GPU per tick (`gpu`: the position in device_index); energy and power are the GPUs'
+sums, peak_mem_gib the largest sum over a tick and peak_mem_per_gpu_gib the fullest GPU's peak,
+sm_clock_mhz_mean the mean over every GPU, and the throttle reasons those of any GPU.
+
 Without NVML (no GPU, no driver, telemetry.nvml false) nothing is sampled, every measured column
 is None and env() says why; phases still time and mark ranges, and the profiler still runs.
 """
@@ -55,7 +60,8 @@ KERNEL_COLUMNS: dict[str, pa.DataType] = {
 POINT_TELEMETRY_COLUMNS: dict[str, pa.DataType] = {  # what PointTelemetry.columns fills
     "power_w_mean": pa.float64(), "power_w_max": pa.float64(), "prefill_energy_j": pa.float64(),
     "decode_energy_j": pa.float64(), "energy_j_per_tok": pa.float64(), "energy_source": pa.string(),
-    "power_valid": pa.bool_(), "peak_mem_gib": pa.float64(), "torch_peak_gib": pa.float64(),
+    "power_valid": pa.bool_(), "peak_mem_gib": pa.float64(), "peak_mem_per_gpu_gib": pa.float64(),
+    "torch_peak_gib": pa.float64(),
     "sm_clock_mhz_mean": pa.float64(), "throttled": pa.bool_(), "throttle_reasons": pa.string(),
 }
 
@@ -224,6 +230,7 @@ class PointTelemetry:
         gpus = samples.gpu.nunique()
         per_tick = samples.groupby("t_s")
         out["peak_mem_gib"] = _value(per_tick.mem_used_gib.sum(min_count=gpus).max())
+        out["peak_mem_per_gpu_gib"] = _value(samples.mem_used_gib.max())
         windows = [w for w in self.windows if w.phase in MEASURED]
         if not windows:
             return out
