@@ -118,3 +118,18 @@ def test_bad_input_is_refused(tmp_path, args, message):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [message]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_glibc_tag_takes_every_older_one():
+    """pip's --platform accepts only the tags it is given, while the host itself takes every older
+    glibc: blake3 (a vLLM dependency) ships manylinux2014 wheels only."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("offline_bundle", SCRIPT)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tags = tool.platform_tags(["manylinux_2_39_x86_64"])
+    assert tags[0] == "manylinux_2_39_x86_64" and tags[-1] == "manylinux1_x86_64"
+    assert {"manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"} <= set(tags)
+    assert "manylinux_2_40_x86_64" not in tags and len(tags) == len(set(tags))
+    assert tool.platform_tags(["linux_x86_64"]) == ["linux_x86_64"]
