@@ -7,21 +7,9 @@
 #   steps: tests explain move procurement aa mxfp8 quant
 set -uo pipefail
 out=${1:?output folder}; budget=${2:?seconds}; shift 2
-deadline=$(( SECONDS + budget - 30 ))
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 GPTOSS_BENCH_CACHE=${GPTOSS_BENCH_CACHE:-/tmp/gptoss-cache}
-res=${GPTOSS_RESULTS:-/tmp/gptoss-results}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-
-step() {  # step CAP_S CMD...: at most CAP_S seconds and no more than what is left
-  local cap=$1; shift
-  local left=$(( deadline - SECONDS ))
-  (( left < 20 )) && { echo "skipped for time: $*"; return; }
-  echo "== $* ($(( cap < left ? cap : left )) s)"
-  timeout $(( cap < left ? cap : left )) "$@"
-}
+. "$(dirname "$0")/device_steps.sh"
 bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardware=H200 "$@"; }
-export -f bench; export res
+export -f bench
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 for s in "$@"; do case $s in

@@ -13,20 +13,8 @@
 # default list, without ~70 s of capturing the 80 others.
 set -uo pipefail
 out=${1:?output folder}; budget=${2:?seconds}; shift 2
-deadline=$(( SECONDS + budget - 20 ))
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 GPTOSS_BENCH_CACHE=${GPTOSS_BENCH_CACHE:-/tmp/gptoss-cache}
-res=${GPTOSS_RESULTS:-/tmp/gptoss-results}
-export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+. "$(dirname "$0")/device_steps.sh"
 [ -f /tmp/vllm.env ] && . /tmp/vllm.env
-
-step() {  # step CAP_S CMD...: at most CAP_S seconds and no more than what is left; CMD may be a function
-  local cap=$1; shift
-  local left=$(( deadline - SECONDS ))
-  (( left < 20 )) && { echo "skipped for time: $*"; return; }
-  echo "== $(date +%T) $* ($(( cap < left ? cap : left )) s)"
-  timeout $(( cap < left ? cap : left )) bash -c '"$@"' _ "$@"
-}
 bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardware=H200 model=gpt-oss-20b \
   workload.context_len=1024 workload.new_tokens=256 workload.repeats=3 "$@"; }
 # Two full-length warm-up calls: vLLM's JIT monitor logged Triton compilations of its MoE routing
@@ -35,7 +23,7 @@ vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.c
   workload.warmup=2 workload.warmup_tokens=256 "$@"; }
 serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=2000 backend.slo_tpot_ms=15 \
   'backend.serve_args=["--cudagraph-capture-sizes","1","8","64"]' "$@"; }
-export -f bench vllm_bench serve; export res
+export -f bench vllm_bench serve
 
 for s in "$@"; do case $s in
   stage:*)

@@ -1,19 +1,18 @@
 """Several modelled GPUs (tests/nvml_model.py's `Gpu`, one per device) behind one fake NVML: each
 handle answers from its own GPU. The test process patches `fakes` in; the sampling process gets
-them through stand_ins/modelled_nvml_gpus (its `pynvml`), which reads the GPUs from the environment.
+them through stand_ins/modelled_nvml (its `pynvml`), which reads the GPUs from the environment.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import nvml_model
 from nvml_model import Gpu
 
 ENV = "GPTOSS_MODELLED_NVML_GPUS"
-STAND_IN = Path(__file__).resolve().parent / "stand_ins" / "modelled_nvml_gpus"
+STAND_IN = nvml_model.STAND_IN  # the same `pynvml`: it takes the GPUs of ENV when that is set
 SHARED = {"nvmlInit", "nvmlShutdown", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetHandleByUUID"}
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from backends.triton_mxfp4 import moe_kernels as K
 from backends.triton_mxfp4 import mxfp8
 from backends.triton_mxfp4.mxfp8 import MxTensor
-from backends.triton_mxfp4.routing import route, route_reference, router_logits
+from backends.triton_mxfp4.routing import Routing, route, route_reference, router_logits
 from harness.model.mxfp4 import BLOCK, dequantize
 from harness.model.spec import ModelSpec
 
@@ -92,18 +92,15 @@ def uses_gemv(tokens: int, spec: ModelSpec) -> bool:
     return tokens * spec.num_experts_per_tok <= GEMV_READ_FACTOR * spec.unique_experts(tokens)
 
 
-def grouped_tiles(tokens: int, spec: ModelSpec, mxfp8_activations: bool) -> K.Tiles:
-    """The grouped path's tiles at this many tokens: by rows per expert of all the model's experts
-    (parallel.py, which holds a slice of them, asks the same question)."""
-    if tokens * spec.num_experts_per_tok / spec.num_local_experts >= PREFILL_MIN_ROWS_PER_EXPERT:
-        return PREFILL
-    return DECODE_MX if mxfp8_activations else DECODE
-
-
 def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up: ExpertWeights,
-        down: ExpertWeights, spec: ModelSpec, x_mx: MxTensor | None = None) -> torch.Tensor:
+        down: ExpertWeights, spec: ModelSpec, x_mx: MxTensor | None = None, experts: slice | None = None,
+        reduce=None) -> torch.Tensor:
     """x [T, H] bf16 -> [T, H] bf16, the routing-weighted sum of the top-k experts' outputs.
-    x_mx: x in MXFP8 for the grouped path's GEMMs (mxfp4_mxfp8); the router and gemv read x."""
+    x_mx: x in MXFP8 for the grouped path's GEMMs (mxfp4_mxfp8); the router and gemv read x.
+    experts, reduce: expert parallel (parallel.py): gate_up and down hold experts[experts] only;
+    every token is routed over all experts, the grouped kernels run the rows of this slice, and
+    `reduce` sums the (token, slot) rows over the ranks before the combine (down_grouped). The gemv
+    path, which indexes the experts by global id inside the kernel, is not taken then."""
     T, H = x.shape
     if gate_up.k != H or down.n != H or down.k != gate_up.n // 2:
         raise ValueError(f"moe: x [T, {H}] does not chain gate_up [{gate_up.n}, {gate_up.k}] and "
@@ -112,18 +109,26 @@ def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up
         raise ValueError(f"moe: x rows must be contiguous, got strides {x.stride()}")
     with torch.profiler.record_function("moe.router"):
         logits = router_logits(x, router_w, router_b)
-    if uses_gemv(T, spec):
+    if experts is None and uses_gemv(T, spec):
         with torch.profiler.record_function("moe.w1_swiglu"):
             h = K.gate_up_gemv(x, logits, gate_up, spec, GEMV_GATE_UP)
         with torch.profiler.record_function("moe.w2_combine"):
             return K.down_gemv(h, logits, down, spec, GEMV_DOWN, x.dtype)
     with torch.profiler.record_function("moe.routing"):
         routing = route(logits, spec.num_experts_per_tok)
-    tiles = grouped_tiles(T, spec, x_mx is not None)
+        if experts is not None:
+            # The kernels number experts from 0 and find expert e's sorted rows at offsets[e]: a slice
+            # of the offsets makes this rank's first expert their 0 and leaves the rows where they are.
+            routing = Routing(routing.ids, routing.weights, routing.offsets[experts.start:experts.stop + 1],
+                              routing.order)
+    # Rows per expert of all the model's experts (spec's count, not gate_up's): under expert
+    # parallel every rank then picks the tiles of the one-process engine.
+    rows_per_expert = T * spec.num_experts_per_tok / spec.num_local_experts
+    tiles = PREFILL if rows_per_expert >= PREFILL_MIN_ROWS_PER_EXPERT else DECODE if x_mx is None else DECODE_MX
     with torch.profiler.record_function("moe.w1_swiglu"):
         h = K.gate_up_grouped(x if x_mx is None else x_mx, routing, gate_up, spec, tiles)
     with torch.profiler.record_function("moe.w2_combine"):
-        return K.down_grouped(h, routing, down, spec, tiles, x.dtype)
+        return K.down_grouped(h, routing, down, spec, tiles, x.dtype, reduce)
 
 
 def moe_reference(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up: tuple, down: tuple,

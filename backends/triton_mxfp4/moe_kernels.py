@@ -564,17 +564,23 @@ def gate_up_grouped(x: torch.Tensor | MxTensor, routing, w, spec, tiles: Tiles) 
     return h if hs is None else MxTensor(h, hs)
 
 
-def down_grouped(h: torch.Tensor | MxTensor, routing, w, spec, tiles: Tiles, out_dtype=torch.bfloat16) -> torch.Tensor:
-    """y [T, H]: per token, the sum over its experts of W2[e] h + weight * b2[e]."""
+def down_grouped(h: torch.Tensor | MxTensor, routing, w, spec, tiles: Tiles, out_dtype=torch.bfloat16,
+                 reduce=None) -> torch.Tensor:
+    """y [T, H]: per token, the sum over its experts of W2[e] h + weight * b2[e].
+    reduce: called on the fp32 (token, slot) rows before they are combined, in place (expert
+    parallel: the routing holds this rank's experts only, their rows are summed over the ranks, and
+    the rows of other ranks' experts must start at zero)."""
     hv, hs = _split(h)
     A, k, E = hv.shape[0], spec.num_experts_per_tok, w.blocks.shape[0]
     t = tiles.fit(w.n, w.k)
     num_m = triton.cdiv(A, t.bm) + min(E, A)
-    parts = torch.empty((A, w.n), device=hv.device, dtype=torch.float32)
+    parts = (torch.empty if reduce is None else torch.zeros)((A, w.n), device=hv.device, dtype=torch.float32)
     _down_kernel[(num_m * (w.n // t.bn),)](
         hv, hs, routing.order, routing.offsets, routing.weights, w.blocks, w.scales, w.bias, parts, num_m, E,
         triton.next_power_of_2(E), w.k, w.n, t.bm, t.bn, t.bk, t.swap, t.group_m,
         hs is not None and e2m1_as_e4m3(hv.device), **_launch_opts(t))
+    if reduce is not None:
+        reduce(parts)
     return _combine(parts, k, out_dtype)
 
 

@@ -16,8 +16,7 @@ same bits):
              sums' order is the only numerical difference from the one-process engine.
   MoE        every rank runs the router and the routing of all tokens (the same kernels on the same
              input, so the same choice everywhere), then the grouped expert kernels over the rows
-             routed to its own experts only (moe.py's grouped path, expert ids offset by a slice of
-             the routing's offsets). Each (token, slot) output row is written by the one rank that
+             routed to its own experts only (moe.moe with `experts` and `reduce`). Each (token, slot) output row is written by the one rank that
              owns its expert, zero elsewhere, so the all_reduce of these fp32 rows adds zeros and is
              exact; the combine then sums the k rows of each token in the one-process order. The MoE
              under EP is bit for bit the one-process grouped path.
@@ -51,11 +50,8 @@ import torch.nn.functional as F
 import triton
 
 from backends.triton_mxfp4 import TritonMxfp4
-from backends.triton_mxfp4 import moe_kernels as K
 from backends.triton_mxfp4.model import Layer, Transformer
-from backends.triton_mxfp4.moe import ExpertWeights, grouped_tiles
-from backends.triton_mxfp4.mxfp8 import MxTensor
-from backends.triton_mxfp4.routing import Routing, route, router_logits
+from backends.triton_mxfp4.moe import moe
 from harness.engine import DoesNotFit, LoadRequest
 from harness.model.spec import QUANT_MODES, ModelSpec, weight_format
 from harness.model.weights import open_weights
@@ -104,40 +100,6 @@ def _fp32_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, w.T, out_dtype=torch.float32) if a.is_cuda else F.linear(a.float(), w.float())
 
 
-def moe_expert_parallel(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up: ExpertWeights,
-                        down: ExpertWeights, spec: ModelSpec, x_mx: MxTensor | None = None, *, experts: slice,
-                        group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """moe.moe's function with this rank holding experts[`experts`] only (gate_up, down) and the
-    others held by the rest of `group`: x [T, H] -> [T, H], the same on every rank."""
-    T, H = x.shape
-    k = spec.num_experts_per_tok
-    with torch.profiler.record_function("moe.router"):
-        logits = router_logits(x, router_w, router_b)
-    with torch.profiler.record_function("moe.routing"):
-        r = route(logits, k)
-        # The kernels number experts from 0 and find expert e's sorted rows at offsets[e]: a slice
-        # of the offsets makes this rank's first expert their 0 and leaves the rows where they are.
-        mine = Routing(r.ids, r.weights, r.offsets[experts.start:experts.stop + 1], r.order)
-    tiles = grouped_tiles(T, spec, x_mx is not None)
-    with torch.profiler.record_function("moe.w1_swiglu"):
-        h = K.gate_up_grouped(x if x_mx is None else x_mx, mine, gate_up, spec, tiles)
-    with torch.profiler.record_function("moe.w2_combine"):
-        # moe_kernels.down_grouped with the (token, slot) rows zeroed first (other ranks' rows stay
-        # 0 here) and summed over the ranks before the combine.
-        hv, hs = K._split(h)
-        t = tiles.fit(down.n, down.k)
-        A, E = T * k, down.blocks.shape[0]
-        num_m = triton.cdiv(A, t.bm) + min(E, A)
-        parts = torch.zeros((A, down.n), device=x.device, dtype=torch.float32)
-        K._down_kernel[(num_m * (down.n // t.bn),)](
-            hv, hs, mine.order, mine.offsets, mine.weights, down.blocks, down.scales, down.bias, parts, num_m, E,
-            triton.next_power_of_2(E), down.k, down.n, t.bm, t.bn, t.bk, t.swap, t.group_m,
-            hs is not None and K.e2m1_as_e4m3(hv.device), **K._launch_opts(t))
-    with torch.profiler.record_function("moe.all_reduce"):
-        dist.all_reduce(parts, group=group)
-    return K._combine(parts, k, x.dtype)
-
-
 class ParallelTransformer(Transformer):
     """Transformer holding rank `shard.rank`'s part of the model (module docstring)."""
 
@@ -150,7 +112,7 @@ class ParallelTransformer(Transformer):
         self.shard, self.group = shard, group
         super().__init__(source, quant, device, cuda_graphs)
         spec = self.spec
-        self.moe = partial(moe_expert_parallel, experts=shard.part(spec.num_local_experts), group=group)
+        self.moe = partial(moe, experts=shard.part(spec.num_local_experts), reduce=partial(dist.all_reduce, group=group))
         # From here on this rank's attention is that of a model with its heads only (the QKV split,
         # RoPE, the KV cache); the MoE still routes over all the experts.
         self.spec = replace(spec, num_attention_heads=spec.num_attention_heads // shard.world,

@@ -98,12 +98,11 @@ def _version() -> str:
 
 class VLLM(Backend):
     parallel_keys = OFFLINE_PARALLEL
+    engine_options = EngineOptions  # what **options takes (the sweep checks a point's keys against it)
 
     @classmethod
     def problems(cls, quant: str, device: str, options: dict) -> list[str]:
         return _problems(quant, device)
-
-    engine_options = EngineOptions  # what **options takes (the sweep checks a point's keys against it)
 
     def __init__(self, engine_args: dict | None = None, **options):
         super().__init__(engine_args=engine_args, **options)

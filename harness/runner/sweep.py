@@ -207,7 +207,8 @@ def _options(cls: type) -> set[str] | None:
     return names
 
 
-def _backend_problems(b: BackendChoice, key: str, quant: str | None, device: str) -> list[str]:
+def _backend_problems(b: BackendChoice, key: str, quant: str | None, device: str,
+                      parallel: Parallel | None = None) -> list[str]:
     if not b.target:
         return [f"{key}={b.name}: no _target_ (the backend class) in its yaml"]
     try:
@@ -225,7 +226,7 @@ def _backend_problems(b: BackendChoice, key: str, quant: str | None, device: str
             out.append(f"quant={quant}: backend {b.name} supports only {list(supported)}")
         else:
             out += cls.problems(quant, device, b.options)
-    return out
+    return out + (parallel or Parallel()).refused_by(b.name, cls.parallel_keys)
 
 
 def point_problems(c: PointConfig) -> list[str]:
@@ -233,11 +234,7 @@ def point_problems(c: PointConfig) -> list[str]:
     out = []
     if c.quant not in QUANT_MODES:
         out.append(f"quant={c.quant}: unknown quant mode; known: {list(QUANT_MODES)}")
-    out += _backend_problems(c.backend, "backend", c.quant, c.device)
-    try:  # a backend that does not import is reported above
-        out += c.parallel.refused_by(c.backend.name, load_class(c.backend.target).parallel_keys)
-    except Exception:
-        pass
+    out += _backend_problems(c.backend, "backend", c.quant, c.device, c.parallel)
     if c.agreement.enabled:
         out += _backend_problems(c.agreement.reference, "agreement.reference", None, c.device)
 

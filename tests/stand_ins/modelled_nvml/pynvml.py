@@ -1,5 +1,6 @@
-"""`pynvml` of the sampling process in CPU tests: the real module, its device calls answered by
-the GPU model that tests/nvml_model.py describes and the test put in the environment."""
+"""`pynvml` of the sampling process in CPU tests: the real module, its device calls answered by the
+modelled GPU(s) the test put in the environment: one GPU of tests/nvml_model.py, or several of
+tests/nvml_gpus.py."""
 
 import importlib.machinery
 import importlib.util
@@ -12,6 +13,8 @@ _real = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_real)
 globals().update({k: v for k, v in vars(_real).items() if not k.startswith("__")})
 
-import nvml_model  # noqa: E402  (tests/, on the path the test gives)
+import nvml_gpus  # noqa: E402  (tests/, on the path the test gives)
+import nvml_model  # noqa: E402
 
-globals().update(nvml_model.fakes(_real, *nvml_model.from_environment(os.environ[nvml_model.ENV])))
+_model = nvml_gpus if nvml_gpus.ENV in os.environ else nvml_model
+globals().update(_model.fakes(_real, *_model.from_environment(os.environ[_model.ENV])))
