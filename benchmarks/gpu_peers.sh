@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
 #   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  paths (PATHS="marlin ..."
-#          to choose)  serve  openloop  latency  engine  gemv  llama  tests
+#          to choose)  serve  openloop  latency (LATENCY="BATCHxOUT ...")  engine  gemv  llama
+#          tests (TESTS="tests/test_x.py ..." to choose)
 #
 # The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
 # folders; `install` verifies and unpacks it. Worker groups of vLLM capture CUDA graphs only at the
@@ -18,12 +19,16 @@ out=${1:?output folder}; budget=${2:?seconds}; shift 2
 bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardware=H200 model=gpt-oss-20b \
   workload.context_len=1024 workload.new_tokens=256 workload.repeats=3 "$@"; }
 # Two full-length warm-up calls: vLLM's JIT monitor logged Triton compilations of its MoE routing
-# kernels inside measured requests after one 4-token warm-up (2026-12-03): new step shapes.
+# kernels inside measured requests after one 4-token warm-up (2026-12-03): new step shapes. Both
+# modes and `vllm bench latency` prefill in chunks of the same 16384 tokens (vLLM's offline default
+# on an H200; its server's is 8192), so their TTFTs compare.
+CHUNK=16384
 vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' \
-  workload.warmup=2 workload.warmup_tokens=256 "$@"; }
+  backend.max_num_batched_tokens=$CHUNK workload.warmup=2 workload.warmup_tokens=256 "$@"; }
 serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=2000 backend.slo_tpot_ms=15 \
-  'backend.serve_args=["--cudagraph-capture-sizes","1","8","64"]' "$@"; }
-export -f bench vllm_bench serve
+  backend.max_num_batched_tokens=$CHUNK 'backend.serve_args=["--cudagraph-capture-sizes","1","8","64"]' \
+  workload.warmup=2 workload.warmup_tokens=256 "$@"; }
+export CHUNK; export -f bench vllm_bench serve
 
 for s in "$@"; do case $s in
   stage:*)
@@ -48,14 +53,16 @@ for s in "$@"; do case $s in
     step 330 serve -m workload.batch_size=1,8,64 run_id=serve-closed;;
   openloop)  # the same server under Poisson arrivals of 8 req/s, 128 requests
     step 300 serve backend.request_rate=8 backend.num_requests=128 workload.batch_size=64 workload.repeats=1 run_id=serve-open;;
-  latency)  # vLLM's own `vllm bench latency` on the same checkpoint and engine settings
+  latency)  # vLLM's own `vllm bench latency` on the same checkpoint and engine settings: BATCHxOUT
+    # with OUT 256 checks TTFT + 255 TPOT, with OUT 1 (prefill and the first token) TTFT alone
     ckpt=$(cut -f1 "$out/checkpoint.txt" 2>/dev/null || python3 -m harness.model.synthetic --model gpt-oss-20b | cut -f1)
-    for b in 1 64; do
-      step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len 256 \
+    for p in ${LATENCY:-1x256 64x256 1x1 8x1 64x1}; do
+      b=${p%x*}; n=${p#*x}
+      step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len $n \
         --batch-size $b --num-iters-warmup 2 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
         --no-enable-prefix-caching --max-model-len 1280 --max-num-seqs 256 --cudagraph-capture-sizes 1 8 64 256 \
-        --output-json "$out/latency-b$b.json" > "$out/latency-b$b.log" 2>&1
-      tail -3 "$out/latency-b$b.log"
+        --max-num-batched-tokens $CHUNK --output-json "$out/latency-$p.json" > "$out/latency-$p.log" 2>&1
+      tail -3 "$out/latency-$p.log"
     done;;
   engine)  # issue 16: the engine's targets (ceilings measured in the same run) and the MoE gemv variants
     step 240 python3 benchmarks/bench_triton.py --model gpt-oss-20b --decode 1x1024 8x1024 64x1024 256x1024 \
@@ -69,7 +76,7 @@ for s in "$@"; do case $s in
     step 200 bench backend=llama_cpp device=cuda workload.repeats=2 -m workload.batch_size=1,8 run_id=llama;;
   tests)
     step 300 python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_report_browser.py \
-      --ignore=tests/test_procurement.py tests > "$out/tests.txt" 2>&1; tail -4 "$out/tests.txt";;
+      --ignore=tests/test_procurement.py ${TESTS:-tests} > "$out/tests.txt" 2>&1; tail -4 "$out/tests.txt";;
   *) echo "unknown step $s";;
 esac; done
 if ls "$res"/*/points.parquet >/dev/null 2>&1; then

@@ -163,6 +163,9 @@ def test_served_engine_then_its_death_mid_point(checkpoint, prompts, ref):
     cols = point["columns"]
     assert (cols["completed_requests"], cols["failed_requests"], cols["concurrency"]) == (2, 0, 2)
     assert "MoE" in cols["engine_path"]
+    # vLLM's own histograms of the same two requests: its TTFT starts at arrival, inside the client's
+    assert 0 < cols["server_ttft_ms_mean"] <= cols["request_ttft_ms_mean"]
+    assert cols["server_itl_ms_mean"] > 0 and cols["server_tpot_ms_mean"] > 0
     assert "vllm serve died with code -9" in out["error"]  # the killed server, named in the point's error
     with pytest.raises(ProcessLookupError):
         os.killpg(out["pgid"], 0)

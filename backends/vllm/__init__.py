@@ -19,11 +19,13 @@ import itertools
 import os
 import sys
 import time
+import urllib.request
 
 import torch
 
 from harness.engine import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
 from backends.openai_endpoint import OpenAIEndpoint
+from backends.openai_endpoint.metrics import SERVING_COLUMNS
 from backends.openai_endpoint.server import HOST, ServerProcess, free_port, log_reason, log_summary
 from backends.vllm import paths
 from harness.model.bf16_checkpoint import engine_checkpoint
@@ -48,9 +50,14 @@ class EngineOptions:
 
     def __init__(self, enforce_eager: bool = False, kv_cache_dtype: str = "auto",
                  gpu_memory_utilization: float = 0.9, moe_path: str = "auto", dtype: str = "bfloat16",
-                 env: dict | None = None):
+                 env: dict | None = None, max_num_batched_tokens: int | None = None):
         paths.moe_path(moe_path, True)  # a bad name fails at construction, not in the engine
+        if max_num_batched_tokens is not None and max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens}: expected a positive count or null")
         self.enforce_eager = enforce_eager
+        # vLLM's default differs by mode (on an H200: 16384 offline, 8192 for the server), and it
+        # sets how many prefill chunks a batch's TTFT takes: one value for both compares them.
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.kv_cache_dtype, self.gpu_memory_utilization = kv_cache_dtype, gpu_memory_utilization
         self.moe_path, self.dtype, self.env = moe_path, dtype, {k: str(v) for k, v in (env or {}).items()}
 
@@ -61,8 +68,9 @@ class EngineOptions:
     def engine_args(self, request: LoadRequest) -> dict:
         """vLLM engine arguments, named as EngineArgs names them (the CLI spells them with dashes)."""
         p = request.parallel
+        chunk = {} if self.max_num_batched_tokens is None else {"max_num_batched_tokens": self.max_num_batched_tokens}
         # Prefix caching off: repeats of the same prompts would otherwise skip their prefill.
-        return {"skip_tokenizer_init": True, "enable_prefix_caching": False, "max_model_len": request.max_seq_len,
+        return {**chunk, "skip_tokenizer_init": True, "enable_prefix_caching": False, "max_model_len": request.max_seq_len,
                 "max_num_seqs": request.max_batch_size, "tensor_parallel_size": p.tp,
                 "data_parallel_size": p.dp, "enable_expert_parallel": p.ep > 1,
                 "enforce_eager": self.enforce_eager, "kv_cache_dtype": self.kv_cache_dtype,
@@ -175,19 +183,51 @@ class VLLM(Backend):
         self.log.close()
 
 
+# vLLM's own histograms of a load's requests (its /metrics, Prometheus): the server-side TTFT
+# (arrival to first token), inter-token latency and per-request TPOT. Their means over the load,
+# beside what the client measured, are the cross-check of the server path's timing.
+SERVER_HISTOGRAMS = {"server_ttft_ms_mean": "vllm:time_to_first_token_seconds",
+                     "server_itl_ms_mean": "vllm:inter_token_latency_seconds",
+                     "server_tpot_ms_mean": "vllm:request_time_per_output_token_seconds"}
+
+
+def histogram_totals(text: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each of SERVER_HISTOGRAMS in a /metrics page, summed over its labels."""
+    from prometheus_client.parser import text_string_to_metric_families  # vLLM's dependency
+
+    totals = {name: [0.0, 0.0] for name in SERVER_HISTOGRAMS.values()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            base, _, part = sample.name.rpartition("_")
+            if base in totals and part in ("sum", "count"):
+                totals[base][part == "count"] += sample.value
+    return {name: (s, n) for name, (s, n) in totals.items()}
+
+
+def server_means(before: dict, after: dict) -> dict[str, float | None]:
+    """The histograms' means over what happened between two scrapes, in ms (None: no sample)."""
+    out = {}
+    for column, name in SERVER_HISTOGRAMS.items():
+        total, count = (a - b for a, b in zip(after[name], before[name]))
+        out[column] = total / count * 1e3 if count > 0 else None
+    return out
+
+
 class VLLMServe(OpenAIEndpoint):
     """vLLM's OpenAI server (this interpreter's vLLM) as a child process, driven by the OpenAI client."""
 
     parallel_keys = SERVE_PARALLEL
+    columns_schema = {**SERVING_COLUMNS, **{column: "float64" for column in SERVER_HISTOGRAMS}}
 
     def __init__(self, serve_args: list[str] | None = None, ready_timeout_s: float = 900.0,
                  enforce_eager: bool = False, kv_cache_dtype: str = "auto",
                  gpu_memory_utilization: float = 0.9, moe_path: str = "auto", dtype: str = "bfloat16",
-                 env: dict | None = None, **client_options):
+                 env: dict | None = None, max_num_batched_tokens: int | None = None, **client_options):
         client_options.setdefault("extra_body", {"return_token_ids": True})  # vLLM streams token ids on request
         super().__init__(serve_args=serve_args, ready_timeout_s=ready_timeout_s, **client_options)
         self.engine = EngineOptions(enforce_eager, kv_cache_dtype, gpu_memory_utilization,
-                                    moe_path, dtype, env)
+                                    moe_path, dtype, env, max_num_batched_tokens)
+        self._server: dict = {}
 
     @classmethod
     def problems(cls, quant: str, device: str, options: dict) -> list[str]:
@@ -205,8 +245,23 @@ class VLLMServe(OpenAIEndpoint):
         return ServerProcess("vllm serve", command, port, env=self.engine.environment(moe.env),
                              ready_timeout_s=self.options["ready_timeout_s"])
 
+    def _histograms(self) -> dict[str, tuple[float, float]]:
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=30) as resp:
+                return histogram_totals(resp.read().decode())
+        except OSError:
+            self.server.check()  # a server that died is the reason, not the refused connection
+            raise
+
+    def generate(self, prompts: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None,
+                 phases: Phases = no_phases) -> Generation:
+        before = self._histograms()
+        generation = super().generate(prompts, new_tokens, forced, phases)
+        self._server = server_means(before, self._histograms())
+        return generation
+
     def columns(self) -> dict:
-        return {**super().columns(), "engine_path": paths.engine_path(self.server.log_text())}
+        return {**super().columns(), **self._server, "engine_path": paths.engine_path(self.server.log_text())}
 
     def memory(self) -> dict[str, float | None]:
         return paths.memory(self.server.log_text())
