@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
 #   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  paths (PATHS="marlin ..."
-#          to choose)  serve  openloop  latency (LATENCY="BATCHxOUT ...")  engine  gemv  llama
+#          to choose)  serve  openloop  latency (LATENCY="BATCHxOUT[@CHUNK] ...")  engine  gemv  llama
 #          tests (TESTS="tests/test_x.py ..." to choose)
 #
 # The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
@@ -56,12 +56,12 @@ for s in "$@"; do case $s in
   latency)  # vLLM's own `vllm bench latency` on the same checkpoint and engine settings: BATCHxOUT
     # with OUT 256 checks TTFT + 255 TPOT, with OUT 1 (prefill and the first token) TTFT alone
     ckpt=$(cut -f1 "$out/checkpoint.txt" 2>/dev/null || python3 -m harness.model.synthetic --model gpt-oss-20b | cut -f1)
-    for p in ${LATENCY:-1x256 64x256 1x1 8x1 64x1}; do
-      b=${p%x*}; n=${p#*x}
+    for p in ${LATENCY:-1x256 64x256 1x1 8x1 64x1}; do  # BATCHxOUT[@CHUNK]
+      b=${p%x*}; n=${p#*x}; c=$CHUNK; [[ $n == *@* ]] && { c=${n#*@}; n=${n%@*}; }
       step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len $n \
         --batch-size $b --num-iters-warmup 2 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
         --no-enable-prefix-caching --max-model-len 1280 --max-num-seqs 256 --cudagraph-capture-sizes 1 8 64 256 \
-        --max-num-batched-tokens $CHUNK --output-json "$out/latency-$p.json" > "$out/latency-$p.log" 2>&1
+        --max-num-batched-tokens $c --output-json "$out/latency-$p.json" > "$out/latency-$p.log" 2>&1
       tail -3 "$out/latency-$p.log"
     done;;
   engine)  # issue 16: the engine's targets (ceilings measured in the same run) and the MoE gemv variants
