@@ -40,8 +40,10 @@ for s in "$@"; do case $s in
     python3 -c "import vllm, hydra, plotly; print('vllm', vllm.__version__)"
     step 240 python3 -m harness.model.synthetic --model gpt-oss-20b | tee "$out/checkpoint.txt";;
   peers)  # issue 15 item 2 / issue 16: both engines on the same checkpoint, context 1k
-    step 150 bench backend=triton_mxfp4 -m workload.batch_size=1,8,64,256 run_id=peers-triton
-    step 330 vllm_bench -m workload.batch_size=1,8,64,256 run_id=peers-vllm-auto;;
+    # (ENGINES="triton vllm" and BATCHES=1,8,64,256 to choose; a subset gets a run folder of its own)
+    b=${BATCHES:-1,8,64,256}; tag=${BATCHES:+-b${b//,/-}}
+    [[ " ${ENGINES:-triton vllm} " == *" triton "* ]] && step 150 bench backend=triton_mxfp4 -m workload.batch_size=$b run_id=peers-triton$tag
+    [[ " ${ENGINES:-triton vllm} " == *" vllm "* ]] && step 330 vllm_bench -m workload.batch_size=$b run_id=peers-vllm-auto$tag;;
   peers8k)  # context 8k (batch 256 x 8k would need 103 GB of KV cache beside 13 GB of weights)
     step 150 bench backend=triton_mxfp4 workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
     step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;
