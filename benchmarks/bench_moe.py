@@ -2,7 +2,7 @@
 reference, then time per layer against the copy bandwidth and bf16 matmul rate measured in the same
 run.
 
-    PYTHONUNBUFFERED=1 python benchmarks/bench_moe.py --out DIR [--sweep | --decodes]
+    PYTHONUNBUFFERED=1 python benchmarks/bench_moe.py --out DIR [--sweep | --decodes | --gemv-grid]
 
 Layers are random MXFP4 experts (uniform E2M1 codes, scale bytes 119..121, RMS ~0.023) with a
 random router, so routing is near uniform: the most experts a batch can touch. NL distinct layers
@@ -11,6 +11,14 @@ decode step, not from L2. Decode points are CUDA graphs of NL * REPEAT calls (la
 as the engine replays them); prefill runs eagerly. --sweep first times tile variants of each kernel.
 --decodes times only the gemv path in each of its e2m1 decodes (GemvTiles.decode) at T = 1 and 8:
 accuracy against the fp32 reference, the whole layer, and gate_up and down alone.
+--gemv-grid times gate_up and down alone over GemvTiles variants at T = 1, 2, 4, 8 (gemv_variants:
+bn x bk x warps, and split for down; each checked against the fp32 reference inside its layer), then
+the whole layer with the engine's tiles and with the fastest of each kernel; prints the 5 fastest
+variants per (model, T, kernel) and the 3 fastest over all four T (the candidates for moe.py's
+GEMV_BY_MAJOR). 13 gate_up and 52 down variants: 130 compiles (the experts count is a kernel
+constant, so each model compiles its own; ~0.5 s each) and 520 timings (~0.1 s each: graph capture
+of 32 or 16 calls, then do_bench's GRID_REP_MS with an L2 flush before each replay): ~2.5 minutes
+on an H200 for both models.
 Imports only torch, triton, harness.model, harness.analysis.calibration (the ceilings, measured as
 for the `mbu`/`mfu` columns) and the MoE modules (the GPU machine has no hydra/nvtx).
 """
@@ -18,6 +26,7 @@ for the `mbu`/`mfu` columns) and the MoE modules (the GPU machine has no hydra/n
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -45,6 +54,12 @@ from harness.model.spec import get_spec  # noqa: E402
 REPEAT = 4
 DECODE_T = (1, 2, 4, 8, 16, 64, 256)
 PREFILL_T = 8192
+GRID_T = (1, 2, 4, 8)
+GRID_REP_MS = 40  # do_bench's window a grid variant (default 200): 20 (T = 8) to 80 replays of its graph
+# Bytes of a step a thread, of the grid's tiles: 16 runs one fp16x2 asm a step a thread, with the x
+# gather and address work of a step spread over the fewest weights; 128 holds 8 groups of x pairs
+# in registers. The engine's tiles give 32 (gate_up) and 64 (down); (16, 32, 64) adds 60 compiles.
+GRID_THREAD_BYTES = (32, 64)
 
 
 class Log:
@@ -84,8 +99,9 @@ def expert_bytes(L) -> int:
     return sum(w.blocks[0].numel() + w.scales[0].numel() + 4 * w.bias[0].numel() for w in (L["gate_up"], L["down"]))
 
 
-def graph_ms(fn, calls: int) -> float:
-    """Median time of fn(i) for i in range(calls), captured in one CUDA graph, per call."""
+def graph_ms(fn, calls: int, rep: int = 200) -> float:
+    """Median time of fn(i) for i in range(calls), captured in one CUDA graph, per call; do_bench
+    replays it for `rep` ms after a tenth of that of warm-up."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -97,16 +113,24 @@ def graph_ms(fn, calls: int) -> float:
     with torch.cuda.graph(g):
         for i in range(calls):
             fn(i)
-    return do_bench(g.replay, warmup=20, rep=200, return_mode="median") / calls
+    return do_bench(g.replay, warmup=rep // 10, rep=rep, return_mode="median") / calls
+
+
+def reference(x, L, spec):
+    """The fp32 torch reference of layer L at x."""
+    return M.moe_reference(x, L["router_w"], L["router_b"], L["raw_up"], L["raw_down"], spec)
+
+
+def agreement(y, ref) -> tuple[float, bool]:
+    """(relative error of y against the fp32 reference, whether it is below 1e-2 with no NaN)."""
+    err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+    return err, err < 1e-2 and not y.isnan().any().item()
 
 
 def check(log, name, spec, layers, T):
     L = layers[0]
     x = torch.randn(T, spec.hidden_size, device="cuda").bfloat16()
-    y = M.moe(x, L["router_w"], L["router_b"], L["gate_up"], L["down"], spec)
-    ref = M.moe_reference(x, L["router_w"], L["router_b"], L["raw_up"], L["raw_down"], spec)
-    err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
-    ok = err < 1e-2 and not y.isnan().any().item()
+    err, ok = agreement(M.moe(x, L["router_w"], L["router_b"], L["gate_up"], L["down"], spec), reference(x, L, spec))
     log(f"check {name} T={T}: rel err {err:.2e} {'ok' if ok else 'FAIL'}", kind="check", model=name, T=T, rel_err=err,
         ok=ok)
     return ok
@@ -119,7 +143,8 @@ def unique_experts(spec, layers, x) -> float:
     return sum(n) / len(n)
 
 
-def decode_point(log, name, spec, layers, T, copy_gbs, path=None):
+def decode_point(log, name, spec, layers, T, copy_gbs, path=None, **row):
+    """The layer's time at T tokens (moe(), or path(x, L, spec)); row: more fields for its Log row."""
     x = torch.randn(T, spec.hidden_size, device="cuda").bfloat16()
     nl = len(layers)
     if path is None:
@@ -137,7 +162,7 @@ def decode_point(log, name, spec, layers, T, copy_gbs, path=None):
     label = "moe" if path is None else path.__name__
     log(f"{name} decode T={T:<4} {label:<10} {ms * 1e3:8.1f} us/layer  {U:6.1f} experts  {nbytes / 1e6:7.1f} MB  "
         f"{gbs:7.0f} GB/s  {gbs / copy_gbs:5.1%} of copy", kind="decode", model=name, T=T, path=label,
-        us=ms * 1e3, experts=U, mbytes=nbytes / 1e6, gbs=gbs, of_copy=gbs / copy_gbs)
+        us=ms * 1e3, experts=U, mbytes=nbytes / 1e6, gbs=gbs, of_copy=gbs / copy_gbs, **row)
     return ms
 
 
@@ -159,9 +184,12 @@ def prefill_point(log, name, spec, layers, T, mm_tflops, tiles=None):
 
 # ---- paths and kernels with explicit tiles (sweep) -----------------------------------------------
 
-def gemv(x, L, spec, up=M.GEMV_GATE_UP, down=M.GEMV_DOWN):
+def gemv(x, L, spec, up=None, down=None):
+    """The gemv path of layer L; tiles left None are the engine's for this GPU (moe.gemv_tiles)."""
+    engine = M.gemv_tiles(x.device)
     logits = torch.nn.functional.linear(x, L["router_w"], L["router_b"])
-    return K.down_gemv(K.gate_up_gemv(x, logits, L["gate_up"], spec, up), logits, L["down"], spec, down)
+    return K.down_gemv(K.gate_up_gemv(x, logits, L["gate_up"], spec, up or engine.gate_up), logits, L["down"], spec,
+                       down or engine.down)
 
 
 def grouped(x, L, spec, tiles=M.DECODE):
@@ -169,23 +197,37 @@ def grouped(x, L, spec, tiles=M.DECODE):
     return K.down_grouped(K.gate_up_grouped(x, r, L["gate_up"], spec, tiles), r, L["down"], spec, tiles)
 
 
+def gemv_inputs(spec, layers, T, up):
+    """Tokens x [T, H], router logits per layer and down's input h per layer (gate_up with `up`)."""
+    x = torch.randn(T, spec.hidden_size, device="cuda").bfloat16()
+    logits = [torch.nn.functional.linear(x, L["router_w"], L["router_b"]) for L in layers]
+    return x, logits, [K.gate_up_gemv(x, lg, L["gate_up"], spec, up) for lg, L in zip(logits, layers)]
+
+
+def gemv_kernel_ms(spec, layers, x, logits, h, op, tiles, rep=200) -> tuple[float, int]:
+    """(ms a call, bytes streamed a call) of the gemv's gate_up or down alone over the layers (inputs
+    from gemv_inputs). Bytes: one expert matrix per assignment (an expert shared by two of the
+    batch's tokens is read twice; the second read may hit L2)."""
+    nl = len(layers)
+
+    def run(i):
+        if op == "gate_up":
+            return K.gate_up_gemv(x, logits[i % nl], layers[i % nl]["gate_up"], spec, tiles)
+        return K.down_gemv(h[i % nl], logits[i % nl], layers[i % nl]["down"], spec, tiles)
+    w = layers[0][op]
+    nbytes = x.shape[0] * spec.num_experts_per_tok * (w.blocks[0].numel() + w.scales[0].numel() + 4 * w.bias[0].numel())
+    return graph_ms(run, nl * REPEAT, rep), nbytes
+
+
 def compare_decodes(log, name, spec, layers, copy_gbs) -> bool:
     """The gemv path (engine tiles) in each GemvTiles.decode at T = 1 and 8; whether every decode
-    passed check()'s bound. Kernel lines count the bytes each kernel streams: one expert matrix per
-    assignment (an expert shared by two of the batch's tokens is read twice; the second read may
-    hit L2)."""
-    nl, ok = len(layers), True
+    passed check()'s bound."""
+    ok, engine = True, M.gemv_tiles(torch.device("cuda"))
     for T in (1, 8):
-        x = torch.randn(T, spec.hidden_size, device="cuda").bfloat16()
-        logits = [torch.nn.functional.linear(x, L["router_w"], L["router_b"]) for L in layers]
-        A = T * spec.num_experts_per_tok
+        x, logits, h = gemv_inputs(spec, layers, T, engine.gate_up)
         for decode in K.GEMV_DECODES:
-            up, down = replace(M.GEMV_GATE_UP, decode=decode), replace(M.GEMV_DOWN, decode=decode)
-            L = layers[0]
-            y = gemv(x, L, spec, up, down)
-            ref = M.moe_reference(x, L["router_w"], L["router_b"], L["raw_up"], L["raw_down"], spec)
-            err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
-            good = err < 1e-2 and not y.isnan().any().item()
+            up, down = replace(engine.gate_up, decode=decode), replace(engine.down, decode=decode)
+            err, good = agreement(gemv(x, layers[0], spec, up, down), reference(x, layers[0], spec))
             ok &= good
             log(f"check {name} gemv {decode} T={T}: rel err {err:.2e} {'ok' if good else 'FAIL'}", kind="decode_check",
                 model=name, T=T, decode=decode, rel_err=err, ok=good)
@@ -194,22 +236,94 @@ def compare_decodes(log, name, spec, layers, copy_gbs) -> bool:
                 return gemv(x, L, spec, up, down)
             path.__name__ = f"gemv_{decode}"
             decode_point(log, name, spec, layers, T, copy_gbs, path=path)
-            h = [K.gate_up_gemv(x, lg, Li["gate_up"], spec, up) for lg, Li in zip(logits, layers)]
-
-            def run_up(i):
-                return K.gate_up_gemv(x, logits[i % nl], layers[i % nl]["gate_up"], spec, up)
-
-            def run_down(i):
-                return K.down_gemv(h[i % nl], logits[i % nl], layers[i % nl]["down"], spec, down)
-            for kind, fn in (("gate_up", run_up), ("down", run_down)):
-                w = layers[0][kind]
-                nbytes = A * (w.blocks[0].numel() + w.scales[0].numel() + 4 * w.bias[0].numel())
-                ms = graph_ms(fn, nl * REPEAT)
+            for op, tiles in (("gate_up", up), ("down", down)):
+                ms, nbytes = gemv_kernel_ms(spec, layers, x, logits, h, op, tiles)
                 gbs = nbytes / ms / 1e6
-                log(f"{name} gemv {decode:<6} T={T} {kind:<7} {ms * 1e3:7.1f} us  {nbytes / 1e6:6.1f} MB streamed  "
+                log(f"{name} gemv {decode:<6} T={T} {op:<7} {ms * 1e3:7.1f} us  {nbytes / 1e6:6.1f} MB streamed  "
                     f"{gbs / 1e3:5.2f} TB/s  {gbs / copy_gbs:5.1%} of copy", kind="decode_kernel", model=name, T=T,
-                    decode=decode, op=kind, us=ms * 1e3, mbytes=nbytes / 1e6, gbs=gbs, of_copy=gbs / copy_gbs)
+                    decode=decode, op=op, us=ms * 1e3, mbytes=nbytes / 1e6, gbs=gbs, of_copy=gbs / copy_gbs)
     return ok
+
+
+def gemv_variants(base: K.GemvTiles, n: int, k: int, splits=(1,)) -> list[K.GemvTiles]:
+    """base's decode at bn {16, 32, 64} x bk {128, 256, 512} x warps {2, 4, 8} x splits, fitted to
+    [n, k], distinct, keeping those that give each thread GRID_THREAD_BYTES of a step. num_stages
+    stays: these loops have no dot, Triton pipelines none of their loads, and the sm_90 SASS at 1
+    and 3 stages is identical."""
+    out = {}
+    for bn, bk, warps, split in itertools.product((16, 32, 64), (128, 256, 512), (2, 4, 8), splits):
+        t = replace(base, bn=bn, bk=bk, num_warps=warps, split=split).fit(n, k)
+        if t.bn * t.bk // 2 // (32 * t.num_warps) in GRID_THREAD_BYTES:
+            out.setdefault(t, None)
+    return list(out)
+
+
+def gemv_grid(log, name, spec, layers, copy_gbs) -> bool:
+    """gemv_variants of gate_up and of down (split 1-4) alone at T in GRID_T, each checked inside its
+    layer (the other kernel on the engine's tiles) against the fp32 reference; then the layer with
+    the engine's tiles and with each kernel's fastest. Whether every variant passed."""
+    engine, ok = M.gemv_tiles(torch.device("cuda")), True
+    up_w, down_w = layers[0]["gate_up"], layers[0]["down"]
+    variants = {"gate_up": gemv_variants(engine.gate_up, up_w.n, up_w.k),
+                "down": gemv_variants(engine.down, down_w.n, down_w.k, splits=(1, 2, 3, 4))}
+    log(f"gemv grid {name}: {len(variants['gate_up'])} gate_up and {len(variants['down'])} down variants, T {GRID_T}")
+    for T in GRID_T:
+        x, logits, h = gemv_inputs(spec, layers, T, engine.gate_up)
+        ref = reference(x, layers[0], spec)
+        fastest = {"gate_up": (float("inf"), engine.gate_up), "down": (float("inf"), engine.down)}
+        for op in variants:
+            for tiles in variants[op]:
+                try:
+                    y = gemv(x, layers[0], spec, *((tiles, None) if op == "gate_up" else (None, tiles)))
+                    err, good = agreement(y, ref)
+                    ms, nbytes = gemv_kernel_ms(spec, layers, x, logits, h, op, tiles, rep=GRID_REP_MS)
+                except Exception as exc:  # a tile that does not compile or fit is a finding, not a crash
+                    log(f"grid {name} T={T} {op} {asdict(tiles)}: {type(exc).__name__}: {str(exc)[:200]}")
+                    continue
+                ok &= good
+                if good and ms < fastest[op][0]:
+                    fastest[op] = (ms, tiles)
+                gbs = nbytes / ms / 1e6
+                log(f"grid {name} T={T} {op:<7} {_tiles_label(tiles):<22} {ms * 1e3:7.1f} us  {gbs / 1e3:5.2f} TB/s  "
+                    f"rel err {err:.1e}{'' if good else ' FAIL'}", kind="gemv_grid", model=name, T=T, op=op,
+                    tiles=asdict(tiles), us=ms * 1e3, mbytes=nbytes / 1e6, gbs=gbs, of_copy=gbs / copy_gbs,
+                    rel_err=err, ok=good)
+        for label, up, down in (("engine", engine.gate_up, engine.down),
+                                ("fastest", fastest["gate_up"][1], fastest["down"][1])):
+            def path(x, L, spec, up=up, down=down):
+                return gemv(x, L, spec, up, down)
+            path.__name__ = f"gemv_{label}"
+            decode_point(log, name, spec, layers, T, copy_gbs, path=path, gate_up=asdict(up), down=asdict(down))
+    return ok
+
+
+def _tiles_label(t: K.GemvTiles) -> str:
+    return f"{t.bn}x{t.bk} w{t.num_warps}" + (f" split {t.split}" if t.split > 1 else "")
+
+
+def gemv_grid_summary(log, rows):
+    """The 5 fastest passing variants per (model, T, kernel), and the 3 with the least time summed
+    over GRID_T per (model, kernel): one set of tiles serves every T in the engine."""
+    grid = [r for r in rows if r.get("kind") == "gemv_grid" and r["ok"]]
+    for (model, T, op), group in itertools.groupby(sorted(grid, key=lambda r: (r["model"], r["T"], r["op"])),
+                                                   key=lambda r: (r["model"], r["T"], r["op"])):
+        for r in sorted(group, key=lambda r: r["us"])[:5]:
+            log(f"{model:<13} T={T} {op:<7} {_tiles_label(K.GemvTiles(**r['tiles'])):<22} {r['us']:7.1f} us  "
+                f"{r['gbs'] / 1e3:5.2f} TB/s  {r['of_copy']:6.1%}")
+    totals = {}
+    for r in grid:
+        key = (r["model"], r["op"], _tiles_label(K.GemvTiles(**r["tiles"])))
+        totals.setdefault(key, []).append(r["us"])
+    best = {}
+    for (model, op), group in itertools.groupby(sorted(totals), key=lambda key: key[:2]):
+        whole = sorted((key for key in group if len(totals[key]) == len(GRID_T)), key=lambda key: sum(totals[key]))
+        for key in whole[:3]:
+            log(f"{model:<13} {op:<7} {key[2]:<22} T {GRID_T}: " + " / ".join(f"{us:.1f}" for us in totals[key])
+                + f" us (sum {sum(totals[key]):.1f})")
+        if whole:
+            best.setdefault(model, {})[op] = next(r["tiles"] for r in grid if (r["model"], r["op"]) == (model, op)
+                                                  and _tiles_label(K.GemvTiles(**r["tiles"])) == whole[0][2])
+    return best
 
 
 def sweep(log, name, spec, layers, copy_gbs, mm_tflops, tiles: bool):
@@ -226,7 +340,7 @@ def sweep_tiles(log, name, spec, layers, copy_gbs, mm_tflops):
     up_share = layers[0]["gate_up"].n / (layers[0]["gate_up"].n + layers[0]["down"].n)
     x1 = torch.randn(1, H, device="cuda").bfloat16()
     logits = [torch.nn.functional.linear(x1, L["router_w"], L["router_b"]) for L in layers]
-    h1 = [K.gate_up_gemv(x1, lg, L["gate_up"], spec, M.GEMV_GATE_UP) for lg, L in zip(logits, layers)]
+    h1 = [K.gate_up_gemv(x1, lg, L["gate_up"], spec, M.gemv_tiles(x1.device).gate_up) for lg, L in zip(logits, layers)]
     for t in [K.GemvTiles(bn, bk, w, s, decode) for decode in K.GEMV_DECODES for bn, bk, w, s in
               [(32, 256, 4, 3), (32, 256, 4, 2), (32, 256, 4, 4), (16, 256, 4, 3), (16, 512, 4, 3), (32, 512, 4, 3),
                (64, 128, 4, 3), (32, 128, 4, 3), (64, 256, 4, 3), (32, 256, 2, 3), (64, 256, 8, 3), (16, 256, 2, 4),
@@ -273,10 +387,11 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--sweep", action="store_true", help="also time variants (tiles: first model only)")
     ap.add_argument("--decodes", action="store_true", help="only the gemv path in each e2m1 decode, T = 1 and 8")
+    ap.add_argument("--gemv-grid", action="store_true", help="only gemv tile variants, T = 1, 2, 4, 8")
     ap.add_argument("--models", default="gpt-oss-20b,gpt-oss-120b")
     args = ap.parse_args()
-    if args.sweep and args.decodes:
-        print("bench_moe: --sweep and --decodes are separate runs; pass one")
+    if args.sweep + args.decodes + args.gemv_grid > 1:
+        print("bench_moe: --sweep, --decodes and --gemv-grid are separate runs; pass one")
         sys.exit(2)
     log = Log(args.out)
     t0 = time.time()
@@ -290,8 +405,9 @@ def main():
         spec = get_spec(name)
         nl = 8 if spec.num_local_experts <= 32 else 4
         layers = [random_layer(spec, gen) for _ in range(nl)]
-        if args.decodes:
-            failed |= not compare_decodes(log, name, spec, layers, copy_gbs)
+        if args.decodes or args.gemv_grid:
+            failed |= not (compare_decodes if args.decodes else gemv_grid)(log, name, spec, layers, copy_gbs)
+            log(f"{name} done at {time.time() - t0:.0f} s")
             del layers
             torch.cuda.empty_cache()
             continue
@@ -306,10 +422,15 @@ def main():
         torch.cuda.empty_cache()
     log(f"\n=== MoE layer alone on {torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s, matmul {mm_tflops:.0f} "
         f"TFLOP/s ({time.time() - t0:.0f} s) ===")
+    best = gemv_grid_summary(log, log.rows)
+    if best:  # bench_triton.py --gemv-tiles times the whole engine with these beside its own
+        (args.out / "gemv_tiles.json").write_text(json.dumps(best, indent=1))
+        log(f"fastest tiles over T {GRID_T} per model: {args.out / 'gemv_tiles.json'}")
     for r in log.rows:
         if r.get("kind") == "decode" and r["path"].startswith("gemv_"):
+            tiles = "".join(f"  {op} {_tiles_label(K.GemvTiles(**r[op]))}" for op in ("gate_up", "down") if op in r)
             log(f"{r['model']:<13} {r['path']:<12} T={r['T']:<2} layer {r['us']:7.1f} us  {r['gbs']:6.0f} GB/s  "
-                f"{r['of_copy']:6.1%}")
+                f"{r['of_copy']:6.1%}{tiles}")
         elif r.get("kind") == "decode_kernel":
             log(f"{r['model']:<13} gemv_{r['decode']:<7} T={r['T']:<2} {r['op']:<7} {r['us']:7.1f} us  "
                 f"{r['gbs'] / 1e3:5.2f} TB/s  {r['of_copy']:6.1%}")

@@ -11,7 +11,9 @@ it (engine.decode: token copy in, replay, token copy out); for each prefill poin
 MFU = spec.prefill_flops / time / measured matmul rate; kernel-time breakdowns (torch.profiler) of
 the decode steps named by --breakdown (over graph replays, with the same step launched eagerly for
 comparison) and of every prefill point: which kernels take the time, how much is launch gap; and
-attention decode alone (graph-replayed) against the copy bandwidth.
+attention decode alone (graph-replayed) against the copy bandwidth. --gemv-tiles FILE (written by
+bench_moe.py --gemv-grid) times the decode points that take the MoE gemv path again with the file's
+tiles for this model, in the same run, so the two tile sets compare on the same GPU state.
 
 A decode point whose prompt is longer than PREFILL_TOKENS in all starts from a cache filled with
 random keys and values instead of a prefill: the step's work depends on the lengths, not on the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import sys
 import tempfile
@@ -35,6 +38,8 @@ from torch.profiler import ProfilerActivity, record_function
 from harness.analysis.calibration import copy_bandwidth, matmul_rate
 from harness.model.load_request import LoadRequest
 from backends.triton_mxfp4 import TritonMxfp4
+from backends.triton_mxfp4 import moe as M
+from backends.triton_mxfp4.moe_kernels import GemvTiles
 from backends.triton_mxfp4.attention import attention_decode, decode_splits
 from harness.model.spec import get_spec
 from harness.telemetry.kernel_timeline import kernel_table, load_trace
@@ -86,6 +91,7 @@ def decode_point(backend, quant, batch, context, bandwidth, breakdown: bool) -> 
     harness_ms = median_ms(lambda: backend.decode(tok), HARNESS_STEPS)
     step_bytes = spec.decode_step_bytes(batch, context, quant)
     row = {"model": spec.name, "quant": quant, "phase": "decode", "batch": batch, "context": context, "ms": ms,
+           "gemv": gemv_label(M.gemv_tiles(torch.device("cuda"))) if M.uses_gemv(batch, spec) else "-",
            "harness_ms": harness_ms, "tok_s": batch * 1e3 / ms, "gb": step_bytes / 1e9,
            "mbu": step_bytes / (ms * 1e-3) / bandwidth, "mfu": None,
            "start": "prefill" if batch * context <= PREFILL_TOKENS else "random cache"}
@@ -95,6 +101,23 @@ def decode_point(backend, quant, batch, context, bandwidth, breakdown: bool) -> 
         row["eager_ms"] = median_ms(lambda: backend.decode(tok), HARNESS_STEPS)
         eng.cuda_graphs = True
     return row
+
+
+def gemv_label(t: M.GemvTilesPair) -> str:
+    return " / ".join(f"{x.bn}x{x.bk} w{x.num_warps}" + (f" split {x.split}" if x.split > 1 else "")
+                      for x in (t.gate_up, t.down))
+
+
+def use_gemv_tiles(path: Path, model: str) -> bool:
+    """This GPU's gemv tiles from a bench_moe.py --gemv-grid file, for the rest of the run."""
+    tiles = json.loads(path.read_text()).get(model)
+    if not tiles:
+        print(f"{path} has no tiles for {model}; only the engine's are timed")
+        return False
+    M.GEMV_BY_MAJOR[torch.cuda.get_device_capability()[0]] = M.GemvTilesPair(
+        GemvTiles(**tiles["gate_up"]), GemvTiles(**tiles["down"]))
+    M._gemv_tiles_on.cache_clear()
+    return True
 
 
 def profile(fn, reps: int, backend) -> object:
@@ -124,7 +147,7 @@ def prefill_point(backend, quant, batch, context, rate) -> dict:
     flops = spec.prefill_flops(batch, context)
     row = {"model": spec.name, "quant": quant, "phase": "prefill", "batch": batch, "context": context, "ms": ms,
            "harness_ms": None, "tok_s": batch * context * 1e3 / ms, "gb": None, "mbu": None,
-           "mfu": flops / (ms * 1e-3) / rate, "start": "-"}
+           "mfu": flops / (ms * 1e-3) / rate, "start": "-", "gemv": "-"}
     row["kernels"] = profile(lambda: backend.prefill(prompts), 1, backend)
     return row
 
@@ -157,12 +180,12 @@ def markdown(gpu, bandwidth, rate, load_s, rows, attention, command) -> str:
            f"Copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write), bf16 matmul {rate / 1e12:.0f} TFLOP/s "
            f"(8192^3); load {load_s:.0f} s.", "",
            "| model | quant | phase | batch | context | ms (graph replay / prefill) | ms (engine.decode) | tok/s "
-           "| GB/step | MBU | MFU | start |", "|" + " --- |" * 12]
+           "| GB/step | MBU | MFU | start | gemv tiles (gate_up / down) |", "|" + " --- |" * 13]
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     for r in rows:
         out.append(f"| {r['model']} | {r['quant']} | {r['phase']} | {r['batch']} | {r['context']} | {r['ms']:.3f} | "
                    f"{f(r['harness_ms'], '.3f')} | {r['tok_s']:,.0f} | {f(r['gb'], '.3f')} | {f(r['mbu'], '.1%')} | "
-                   f"{f(r['mfu'], '.1%')} | {r['start']} |")
+                   f"{f(r['mfu'], '.1%')} | {r['start']} | {r['gemv']} |")
     for r in rows:
         if "kernels" not in r:
             continue
@@ -199,6 +222,8 @@ def main() -> None:
                     help="decode points to profile (default: the first); every prefill point is profiled")
     ap.add_argument("--attention", action="store_true", help="also time attention decode alone")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown here too")
+    ap.add_argument("--gemv-tiles", type=Path, default=None,
+                    help="bench_moe.py --gemv-grid's gemv_tiles.json: time the gemv points with them too")
     args = ap.parse_args()
     command = "PYTHONPATH=. python " + " ".join(sys.argv)
     breakdown = set(args.breakdown if args.breakdown is not None else args.decode[:1])
@@ -216,6 +241,11 @@ def main() -> None:
     for batch, context in args.decode:
         rows.append(decode_point(backend, args.quant, batch, context, bandwidth, (batch, context) in breakdown))
         print({k: v for k, v in rows[-1].items() if k != "kernels"}, flush=True)
+    gemv_points = [(b, c) for b, c in args.decode if M.uses_gemv(b, spec)]
+    if args.gemv_tiles and gemv_points and use_gemv_tiles(args.gemv_tiles, spec.name):
+        for batch, context in gemv_points:
+            rows.append(decode_point(backend, args.quant, batch, context, bandwidth, False))
+            print({k: v for k, v in rows[-1].items() if k != "kernels"}, flush=True)
     for batch, context in args.prefill:
         rows.append(prefill_point(backend, args.quant, batch, context, rate))
         print({k: v for k, v in rows[-1].items() if k != "kernels"}, flush=True)

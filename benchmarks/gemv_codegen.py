@@ -62,7 +62,7 @@ def main() -> int:
     import triton
 
     from backends.triton_mxfp4 import moe_kernels as K
-    from backends.triton_mxfp4.moe import GEMV_DOWN, GEMV_GATE_UP
+    from backends.triton_mxfp4.moe import gemv_tiles_for
     from benchmarks.fp4_codegen import compile_one
     from harness.model.spec import get_spec
 
@@ -77,15 +77,17 @@ def main() -> int:
         return 2
     print("| kernel | tiles (BN x BK, warps) | decode | instr/weight | regs | stack | top opcodes in the loop |")
     print("|" + " --- |" * 7)
-    for kernel, gate_up, (n, kk), engine in (("gate_up", True, (2 * I, H), GEMV_GATE_UP),
-                                             ("down", False, (H, I), GEMV_DOWN)):
+    sm90 = gemv_tiles_for(9)
+    for kernel, gate_up, (n, kk), engine in (("gate_up", True, (2 * I, H), sm90.gate_up),
+                                             ("down", False, (H, I), sm90.down)):
         for tiles in [engine] + [K.GemvTiles(bn, bk, w) for bn, bk, w in extra]:
             for decode in K.GEMV_DECODES:
                 t = replace(tiles, decode=decode).fit(n, kk)
                 types = {"X": "*bf16", "stride_x": "i32", "Logits": "*bf16", "W": "*u8", "S": "*u8", "B": "*fp32",
                          "Out": "*bf16" if gate_up else "*fp32", "alpha": "fp32", "limit": "fp32"}
                 const = {"E": E, "EP": triton.next_power_of_2(E), "TOPK": k, "KP": triton.next_power_of_2(k), "K": kk,
-                         "N": n, "GATE_UP": gate_up, "BN": t.bn, "BK": t.bk, "HFMA2": decode == "fp16x2"}
+                         "N": n, "GATE_UP": gate_up, "BN": t.bn, "BK": t.bk, "HFMA2": decode == "fp16x2",
+                         "SPLIT": t.split}
                 c = compile_one(K._gemv_kernel, types, const, 90, t.num_warps, t.num_stages)
                 ops = loop_opcodes(on_cubin(c.asm["cubin"], tool("nvdisasm"), "-c"))
                 usage = on_cubin(c.asm["cubin"], tool("cuobjdump"), "--dump-resource-usage")

@@ -66,13 +66,15 @@ for s in "$@"; do case $s in
         --max-num-batched-tokens $c --output-json "$out/latency-$p.json" > "$out/latency-$p.log" 2>&1
       tail -3 "$out/latency-$p.log"
     done;;
-  engine)  # issue 16: the engine's targets (ceilings measured in the same run) and the MoE gemv variants
+  engine)  # issue 16: the engine's targets (ceilings measured in the same run); with the gemv step's
+    # tiles (run before it in the same call), its gemv points a second time on those
+    tiles=(); [ -f "$out/gemv/gemv_tiles.json" ] && tiles=(--gemv-tiles "$out/gemv/gemv_tiles.json")
     step 240 python3 benchmarks/bench_triton.py --model gpt-oss-20b --decode 1x1024 8x1024 64x1024 256x1024 \
-      --prefill 1x8192 --breakdown 1x1024 --out "$out/bench_20b.md" 2>&1 | tail -40
-    step 200 python3 benchmarks/bench_triton.py --model gpt-oss-120b --decode 1x1024 64x1024 256x1024 \
-      --prefill 1x8192 --out "$out/bench_120b.md" 2>&1 | tail -30;;
-  gemv)  # the MoE gemv's two e2m1 decodes, alone
-    step 150 python3 benchmarks/bench_moe.py --decodes --out "$out/moe_decodes" 2>&1 | tail -30;;
+      --prefill 1x8192 --breakdown 1x1024 "${tiles[@]}" --out "$out/bench_20b.md" 2>&1 | tail -40
+    step 200 python3 benchmarks/bench_triton.py --model gpt-oss-120b --decode 1x1024 8x1024 64x1024 256x1024 \
+      --prefill 1x8192 "${tiles[@]}" --out "$out/bench_120b.md" 2>&1 | tail -30;;
+  gemv)  # the MoE gemv's tile variants alone, per kernel, at T = 1, 2, 4, 8; the fastest to gemv_tiles.json
+    step 240 python3 benchmarks/bench_moe.py --gemv-grid --out "$out/gemv" 2>&1 | tail -40;;
   llama)  # llama.cpp: build llama-server for this GPU (build/llama.cpp/*.tar.gz carried), then 20b
     JOBS=16 step 300 bash scripts/build_llama_server.sh cuda > "$out/llama_build.log" 2>&1; tail -2 "$out/llama_build.log"
     step 200 bench backend=llama_cpp device=cuda workload.repeats=2 -m workload.batch_size=1,8 run_id=llama;;

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from backends.triton_mxfp4 import moe_kernels as K
-from backends.triton_mxfp4.moe import moe, moe_reference, prepare_experts
+from backends.triton_mxfp4.moe import (GEMV_BY_MAJOR, GEMV_DEFAULT, gemv_tiles, gemv_tiles_for, moe, moe_reference,
+                                       prepare_experts)
 from backends.triton_mxfp4.routing import route, route_reference, router_logits
-from harness.model.mxfp4 import E2M1_VALUES, quantize
+from harness.model.mxfp4 import E2M1_VALUES, dequantize, quantize
 from harness.model.spec import get_spec
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -190,12 +191,66 @@ def test_gemv_decodes_every_byte_exactly(decode, poisoned):
     h = torch.eye(A, Kd, device=DEV).bfloat16() * 0.25
     logits = distinct_logits(A // k, spec.num_local_experts)
     out = torch.empty((A, N), device=DEV, dtype=torch.float32)
-    out = K._gemv(h, logits, w, spec, K.GemvTiles(bn=32, bk=64, decode=decode), out, gate_up=False)
+    out = K._gemv(h, logits, w, spec, K.GemvTiles(bn=32, bk=64, decode=decode).fit(N, Kd), out, gate_up=False)
     table = torch.tensor(E2M1_VALUES, dtype=torch.float32)
     a = torch.arange(A)[:, None]
     b = ((torch.arange(N)[None, :] + 37 * (a // 2)) % 256)
     expected = table[torch.where(a % 2 == 0, b & 15, b >> 4)] * 8 * 0.25
     assert torch.equal(out.cpu(), expected)
+
+
+@pytest.mark.parametrize("decode", K.GEMV_DECODES)
+@pytest.mark.parametrize("split", [1, 2, 3, 8])
+def test_down_gemv_split_k(split, decode, poisoned):
+    """down over K = 224 at bk 64: 3 full steps and a half-masked one, so no split divides it evenly
+    (split 3: runs of 1, 1 and 2 steps, the tail in the last; split 8 is fitted to 4 runs of one
+    step). Every (assignment, run) row must be written (poisoned) and their sum be W2 h + w b2 per
+    token; prmt's fp32 products are exact, fp16x2 rounds each product and lane sum in fp16."""
+    spec = small_spec(H=32, I=224)
+    k, T = spec.num_experts_per_tok, 2
+    _, _, _, down = make_layer(spec, bias_scale=1.0)
+    w = prepare_experts(*down, "down")
+    logits = distinct_logits(T, spec.num_local_experts)
+    h = torch.randn(T * k, spec.intermediate_size, device=DEV).bfloat16()
+    h[:, -32:] *= 100  # the tail's own x scale differs from the other runs' (fp16x2)
+    tiles = K.GemvTiles(bn=16, bk=64, decode=decode, split=split)
+    assert tiles.fit(w.n, w.k).split == min(split, 4)
+    y = K.down_gemv(h, logits, w, spec, tiles, torch.float32)
+    ids, weights = route_reference(logits, k)
+    w2 = dequantize(down[0], down[1], torch.float64)[ids.flatten()]  # [T*k, H, I]
+    per_slot = (w2 @ h.double()[:, :, None])[..., 0] + weights.flatten()[:, None].double() * down[2][ids.flatten()]
+    ref = per_slot.reshape(T, k, -1).sum(dim=1)
+    assert rel_err(y, ref) < (1e-6 if decode == "prmt" else 3e-3)
+
+
+def test_gate_up_gemv_refuses_split():
+    spec = small_spec()
+    _, _, gate_up, _ = make_layer(spec)
+    x = torch.zeros(1, spec.hidden_size, device=DEV).bfloat16()
+    logits = distinct_logits(1, spec.num_local_experts)
+    with pytest.raises(ValueError, match="split 2 > 1 is for down only"):
+        K.gate_up_gemv(x, logits, prepare_experts(*gate_up, "gate_up"), spec, K.GemvTiles(bn=32, bk=64, split=2))
+    with pytest.raises(ValueError, match="split must be >= 1"):
+        K.GemvTiles(bn=32, bk=64, split=0)
+
+
+def test_gemv_tiles_by_architecture():
+    assert gemv_tiles_for(9) == GEMV_BY_MAJOR[9]
+    assert gemv_tiles_for(10 ** 6) == GEMV_DEFAULT  # an architecture not in the table
+    assert gemv_tiles(torch.device("cpu")) == GEMV_DEFAULT
+
+
+@pytest.mark.parametrize("n,k", [(5760, 2880), (2880, 2880), (32, 224), (128, 64)])
+def test_gemv_fit_gives_each_thread_whole_16_byte_groups(n, k):
+    """fp16x2's asm takes 16-byte groups (pack=16): every fitted tile gives each thread at least 16
+    bytes of each step, at any split, and never more runs than steps."""
+    for bn in (16, 32, 64, 128):
+        for bk in (64, 128, 256, 512):
+            for warps in (1, 2, 4, 8):
+                for split in (1, 2, 3, 4, 16):
+                    t = K.GemvTiles(bn, bk, warps, decode="fp16x2", split=split).fit(n, k)
+                    assert t.bn * t.bk // 2 // (32 * t.num_warps) >= 16, t
+                    assert 1 <= t.split <= -(-k // t.bk) and t.split <= split, t
 
 
 @pytest.mark.parametrize("T", [1, 3, 17, 64])

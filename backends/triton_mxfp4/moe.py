@@ -6,7 +6,8 @@ and its torch reference.
 Everything stays on the GPU with launch shapes fixed by the number of tokens, so a decode step can
 be captured in a CUDA graph. The path is chosen from T and the spec alone:
   gemv     gate_up, down, combine after the router GEMM; one program per (token, slot) and column
-           tile routes itself from the logits and runs on CUDA cores. An expert shared by two tokens
+           tile (and K range, down's split-K) routes itself from the logits and runs on CUDA cores,
+           its tiles chosen by GPU architecture (gemv_tiles). An expert shared by two tokens
            is read twice, so this path is taken while the T*k expert reads it makes are at most
            GEMV_READ_FACTOR times the experts uniform routing touches (spec.unique_experts(T)):
            it streams that much faster than the grouped path (benchmarks/LOG.md, "MoE kernel");
@@ -26,6 +27,7 @@ mxfp4 computes, bit for bit.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,9 +41,21 @@ from harness.model.mxfp4 import BLOCK, dequantize
 from harness.model.spec import ModelSpec
 
 GEMV_READ_FACTOR = 1.6
-# Tiles by regime (the fastest of those timed on an H100, LOG.md); .fit shrinks them for small matrices.
-GEMV_GATE_UP = K.GemvTiles(bn=32, bk=256, decode="fp16x2")
-GEMV_DOWN = K.GemvTiles(bn=32, bk=512, decode="fp16x2")
+
+
+@dataclass(frozen=True)
+class GemvTilesPair:
+    """The gemv path's tiles for one GPU architecture."""
+    gate_up: K.GemvTiles
+    down: K.GemvTiles
+
+
+# Tiles by regime; .fit shrinks them for small matrices. The gemv's by CUDA capability major
+# (bench_moe.py --gemv-grid times the variants; a new architecture is one more entry), others
+# everywhere: the fastest of those timed on an H100 (LOG.md).
+GEMV_DEFAULT = GemvTilesPair(gate_up=K.GemvTiles(bn=32, bk=256, decode="fp16x2"),
+                             down=K.GemvTiles(bn=32, bk=512, decode="fp16x2"))
+GEMV_BY_MAJOR = {9: GEMV_DEFAULT}
 DECODE = K.Tiles(bm=16, bn=32, bk=256, swap=True)
 # MXFP8 h is quantised in gate_up's epilogue: its column tiles must hold whole 32-groups of h (bn >= 64).
 # bn 128 puts 128 weight rows on the MMA's M side, the least that sm_100's block-scaled tcgen05.mma
@@ -87,6 +101,24 @@ def prepare_experts(w_blocks: torch.Tensor, w_scales: torch.Tensor, bias: torch.
                          bias.float().contiguous(), kind)
 
 
+def gemv_tiles_for(major: int) -> GemvTilesPair:
+    """The gemv tiles for GPUs of CUDA capability `major` (GEMV_DEFAULT for one not in the table)."""
+    return GEMV_BY_MAJOR.get(major, GEMV_DEFAULT)
+
+
+@functools.cache
+def _gemv_tiles_on(index: int) -> GemvTilesPair:
+    return gemv_tiles_for(torch.cuda.get_device_capability(index)[0])
+
+
+def gemv_tiles(device: torch.device) -> GemvTilesPair:
+    """The gemv tiles for this device, looked up once per CUDA device (GEMV_DEFAULT off CUDA: the
+    interpreter)."""
+    if device.type != "cuda":
+        return GEMV_DEFAULT
+    return _gemv_tiles_on(torch.cuda.current_device() if device.index is None else device.index)
+
+
 def uses_gemv(tokens: int, spec: ModelSpec) -> bool:
     """Whether moe() takes the gemv path at this many tokens."""
     return tokens * spec.num_experts_per_tok <= GEMV_READ_FACTOR * spec.unique_experts(tokens)
@@ -110,10 +142,11 @@ def moe(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, gate_up
     with torch.profiler.record_function("moe.router"):
         logits = router_logits(x, router_w, router_b)
     if experts is None and uses_gemv(T, spec):
+        tiles = gemv_tiles(x.device)
         with torch.profiler.record_function("moe.w1_swiglu"):
-            h = K.gate_up_gemv(x, logits, gate_up, spec, GEMV_GATE_UP)
+            h = K.gate_up_gemv(x, logits, gate_up, spec, tiles.gate_up)
         with torch.profiler.record_function("moe.w2_combine"):
-            return K.down_gemv(h, logits, down, spec, GEMV_DOWN, x.dtype)
+            return K.down_gemv(h, logits, down, spec, tiles.down, x.dtype)
     with torch.profiler.record_function("moe.routing"):
         routing = route(logits, spec.num_experts_per_tok)
         if experts is not None:

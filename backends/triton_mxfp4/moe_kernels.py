@@ -15,8 +15,8 @@ stored (4.25 bits a weight) and decoded in registers.
 
 gate_up fuses bias, the clamped SwiGLU of interleaved (gate, up) rows and the routing weight, so
 its output rows are already weighted; down adds the bias times the routing weight and writes one
-fp32 row per assignment, which _combine_kernel sums per token (so the result does not depend on
-scheduling, unlike atomics).
+fp32 row per assignment (per assignment and K range under the gemv's split-K, GemvTiles.split),
+which _combine_kernel sums per token (so the result does not depend on scheduling, unlike atomics).
 """
 
 from __future__ import annotations
@@ -74,17 +74,30 @@ class GemvTiles:
     # prmt: e2m1 -> fp32 by prmt table lookups, one FFMA a weight: the baseline bench_moe.py
     # --decodes times it against, kept until the fewer-warps rule of `fit` has run on a GPU.
     decode: str = "prmt"
+    # Split-K, down only: the cdiv(K, bk) reduction steps are dealt out in `split` contiguous runs,
+    # run s taking steps s*S//split .. (s+1)*S//split - 1 (S steps; every run starts at a multiple
+    # of bk, so loads stay 16-byte aligned, and only the last run has K's masked tail step, as
+    # without split: K = 2880 at bk 512 is 6 steps, split 4 gives runs of 1, 2, 1, 2). Each
+    # (column tile, assignment, run) writes its own fp32 row, summed in order by _combine_kernel;
+    # more programs in flight where N / bn x assignments leaves SMs idle (down at T = 1: 360).
+    # gate_up's epilogue (SwiGLU) needs whole sums, so gate_up refuses split > 1.
+    split: int = 1
 
     def __post_init__(self):
         if self.decode not in GEMV_DECODES:
             raise ValueError(f"GemvTiles.decode must be one of {GEMV_DECODES}, got {self.decode!r}")
+        if self.split < 1:
+            raise ValueError(f"GemvTiles.split must be >= 1, got {self.split}")
 
     def fit(self, n: int, k: int) -> "GemvTiles":
+        """The same tiles, shrunk where the matrix [n, k] is smaller than them (split: to no more
+        runs than steps)."""
         bn, bk = _fit_rows(self.bn, n), max(64, min(self.bk, triton.next_power_of_2(k)))
         # fp16x2 hands each thread whole 16-byte scale groups (pack=16): a tile of fewer than 16
-        # bytes a thread would split groups across threads, so it runs on fewer warps.
+        # bytes a thread would split groups across threads, so it runs on fewer warps. A step's
+        # tile is the same under split (runs are whole steps), so this holds there too.
         warps = self.num_warps if self.decode == "prmt" else max(1, min(self.num_warps, bn * bk // 2 // (16 * 32)))
-        return replace(self, bn=bn, bk=bk, num_warps=warps)
+        return replace(self, bn=bn, bk=bk, num_warps=warps, split=min(self.split, triton.cdiv(k, bk)))
 
 
 def _fit_rows(bn: int, n: int) -> int:
@@ -344,10 +357,11 @@ def _fp16x2_group_dot(w, xp):
 
 
 @triton.jit
-def _x_scale_exponent(x_row, K: tl.constexpr):
-    """c with max|x| * 2^c in [2^X16_TOP_EXPONENT, 2 x that), clamped to [-100, 100] (x all zero)."""
-    k = tl.arange(0, triton.next_power_of_2(K))
-    m = tl.max(tl.abs(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)), axis=0)
+def _x_scale_exponent(x_row, k0, k1, RANGE: tl.constexpr):
+    """c with max|x[k0:k1]| * 2^c in [2^X16_TOP_EXPONENT, 2 x that), clamped to [-100, 100] (x all
+    zero there); k1 - k0 <= RANGE."""
+    k = k0 + tl.arange(0, triton.next_power_of_2(RANGE))
+    m = tl.max(tl.abs(tl.load(x_row + k, mask=k < k1, other=0.0).to(tl.float32)), axis=0)
     e = (m.to(tl.int32, bitcast=True) >> 23) - 127
     return tl.minimum(tl.maximum(X16_TOP_EXPONENT - e, -100), 100)
 
@@ -395,13 +409,28 @@ def _gemv_step(acc, x_row, W, S, i, x_mul, K: tl.constexpr, BK: tl.constexpr, TA
 @triton.jit
 def _gemv_kernel(X, stride_x, Logits, W, S, B, Out, alpha, limit, E: tl.constexpr, EP: tl.constexpr,
                  TOPK: tl.constexpr, KP: tl.constexpr, K: tl.constexpr, N: tl.constexpr, GATE_UP: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr, HFMA2: tl.constexpr):
-    """Program (column tile, assignment a = token * TOPK + slot): one activation row against BN rows
-    of the expert routed from the token's logits, on CUDA cores. Each thread holds whole 32-value
-    scale groups (16 bytes), so a group's 32 products sum in registers before its one scale.
-    gate_up: X is the tokens, Out is h [A, N/2] bf16 (bias, SwiGLU, routing weight);
-    down: X is h in assignment order, Out is [A, N] fp32 (routing-weighted bias)."""
-    pid_n, a = tl.program_id(0), tl.program_id(1)
+                 BN: tl.constexpr, BK: tl.constexpr, HFMA2: tl.constexpr, SPLIT: tl.constexpr):
+    """Program (column tile, assignment a = token * TOPK + slot, K run sp): one activation row
+    against BN rows of the expert routed from the token's logits, on CUDA cores, over reduction
+    steps i0 .. i1 - 1 (GemvTiles.split). Each thread holds whole 32-value scale groups (16 bytes),
+    so a group's 32 products sum in registers before its one scale.
+    gate_up (SPLIT 1): X is the tokens, Out is h [A, N/2] bf16 (bias, SwiGLU, routing weight);
+    down: X is h in assignment order, Out is [A * SPLIT, N] fp32, row a * SPLIT + sp (run 0 adds the
+    routing-weighted bias)."""
+    pid_n, a, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if SPLIT == 1:  # bounds known at compile time, as before split-K
+        i0: tl.constexpr = 0
+        i_full: tl.constexpr = K // BK
+        tail: tl.constexpr = K % BK != 0
+        k1: tl.constexpr = K
+        RANGE: tl.constexpr = K
+    else:
+        STEPS: tl.constexpr = (K + BK - 1) // BK
+        RANGE: tl.constexpr = (STEPS + SPLIT - 1) // SPLIT * BK  # the most inputs a run covers
+        i0, i1 = sp * STEPS // SPLIT, (sp + 1) * STEPS // SPLIT
+        i_full = tl.minimum(i1, K // BK)
+        tail = i1 > K // BK  # K's masked tail step, in the last run
+        k1 = tl.minimum(i1 * BK, K)
     e, wt = _routed_assignment(Logits, a, E, EP, TOPK, KP)
     x_row = X + ((a // TOPK).to(tl.int64) * stride_x if GATE_UP else a.to(tl.int64) * K)
     rows = pid_n * BN + tl.arange(0, BN)
@@ -409,12 +438,15 @@ def _gemv_kernel(X, stride_x, Logits, W, S, B, Out, alpha, limit, E: tl.constexp
     S = S + e.to(tl.int64) * N * (K // 32) + rows[:, None] * (K // 32)
     x_mul = 1.0  # HFMA2: x goes to fp16 times 2^c, and y comes back times 2^(14 - c)
     if HFMA2:
-        c = _x_scale_exponent(x_row, K)
+        # c from this run's x only: y is rescaled per program, so any c that keeps the run's fp16
+        # sums in range is correct; the run's own max keeps more of its small x normal than the
+        # row's would, and reads K / split of x, not K.
+        c = _x_scale_exponent(x_row, i0 * BK, k1, RANGE)
         x_mul = ((c + 127) << 23).to(tl.float32, bitcast=True)
     acc = tl.zeros([BN, BK // 32], tl.float32)
-    for i in range(0, K // BK):
+    for i in range(i0, i_full):
         acc = _gemv_step(acc, x_row, W, S, i, x_mul, K, BK, False, HFMA2)
-    if K % BK:
+    if tail:
         acc = _gemv_step(acc, x_row, W, S, K // BK, x_mul, K, BK, True, HFMA2)
     y = tl.sum(acc, axis=1)
     if HFMA2:
@@ -424,17 +456,19 @@ def _gemv_kernel(X, stride_x, Logits, W, S, B, Out, alpha, limit, E: tl.constexp
         j = pid_n * (BN // 2) + tl.arange(0, BN // 2)
         tl.store(Out + a.to(tl.int64) * (N // 2) + j[None, :], h.to(Out.dtype.element_ty))
     else:
-        tl.store(Out + a.to(tl.int64) * N + rows, y + wt * tl.load(B + e * N + rows))
+        bias = tl.load(B + e * N + rows, mask=sp == 0, other=0.0)
+        tl.store(Out + (a * SPLIT + sp).to(tl.int64) * N + rows, y + wt * bias)
 
 
 @triton.jit
-def _combine_kernel(Parts, Y, N: tl.constexpr, TOPK: tl.constexpr, BLOCK: tl.constexpr):
+def _combine_kernel(Parts, Y, N: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Y[t] = the sum of Parts rows t * ROWS .. (t + 1) * ROWS - 1, in that order."""
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N
     y = tl.zeros([BLOCK], tl.float32)
-    for s in tl.static_range(TOPK):
-        y += tl.load(Parts + (t * TOPK + s).to(tl.int64) * N + cols, mask=ok, other=0.0)
+    for s in tl.static_range(ROWS):
+        y += tl.load(Parts + (t * ROWS + s).to(tl.int64) * N + cols, mask=ok, other=0.0)
     tl.store(Y + t.to(tl.int64) * N + cols, y.to(Y.dtype.element_ty), mask=ok)
 
 
@@ -525,10 +559,11 @@ def _launch_opts(t) -> dict:
     return dict(num_warps=t.num_warps, num_stages=t.num_stages)
 
 
-def _combine(parts, k, out_dtype):
+def _combine(parts, rows, out_dtype):
+    """[T * rows, N] fp32 -> [T, N], each token's `rows` consecutive rows summed."""
     A, N = parts.shape
-    y = torch.empty((A // k, N), device=parts.device, dtype=out_dtype)
-    _combine_kernel[(A // k, triton.cdiv(N, COMBINE_BLOCK))](parts, y, N, k, COMBINE_BLOCK)
+    y = torch.empty((A // rows, N), device=parts.device, dtype=out_dtype)
+    _combine_kernel[(A // rows, triton.cdiv(N, COMBINE_BLOCK))](parts, y, N, rows, COMBINE_BLOCK)
     return y
 
 
@@ -584,23 +619,28 @@ def down_grouped(h: torch.Tensor | MxTensor, routing, w, spec, tiles: Tiles, out
     return _combine(parts, k, out_dtype)
 
 
-def _gemv(x, logits, w, spec, tiles: GemvTiles, out: torch.Tensor, gate_up: bool) -> torch.Tensor:
+def _gemv(x, logits, w, spec, t: GemvTiles, out: torch.Tensor, gate_up: bool) -> torch.Tensor:
+    """Launch _gemv_kernel with tiles t already fitted to w (down: out has A * t.split rows)."""
     k, E = spec.num_experts_per_tok, w.blocks.shape[0]
-    t = tiles.fit(w.n, w.k)
-    _gemv_kernel[(w.n // t.bn, logits.shape[0] * k)](
+    _gemv_kernel[(w.n // t.bn, logits.shape[0] * k, t.split)](
         x, x.stride(0), logits, w.blocks, w.scales, w.bias, out, spec.swiglu_alpha, spec.swiglu_limit, E,
         triton.next_power_of_2(E), k, triton.next_power_of_2(k), w.k, w.n, gate_up, t.bn, t.bk, t.decode == "fp16x2",
-        **_launch_opts(t))
+        t.split, **_launch_opts(t))
     return out
 
 
 def gate_up_gemv(x, logits, w, spec, tiles: GemvTiles) -> torch.Tensor:
     """h [T*k, I] bf16 in assignment order (token * k + slot), routed from the logits in-kernel."""
+    if tiles.split > 1:
+        raise ValueError(f"gate_up gemv: split {tiles.split} > 1 is for down only (the SwiGLU epilogue needs "
+                         f"whole sums); use GemvTiles(..., split=1) for gate_up")
     h = torch.empty((x.shape[0] * spec.num_experts_per_tok, w.n // 2), device=x.device, dtype=torch.bfloat16)
-    return _gemv(x, logits, w, spec, tiles, h, True)
+    return _gemv(x, logits, w, spec, tiles.fit(w.n, w.k), h, True)
 
 
 def down_gemv(h, logits, w, spec, tiles: GemvTiles, out_dtype=torch.bfloat16) -> torch.Tensor:
-    """y [T, H] from h in assignment order: one program per (column tile, assignment), then combine."""
-    parts = torch.empty((h.shape[0], w.n), device=h.device, dtype=torch.float32)
-    return _combine(_gemv(h, logits, w, spec, tiles, parts, False), spec.num_experts_per_tok, out_dtype)
+    """y [T, H] from h in assignment order: one program per (column tile, assignment, K run), then
+    combine (k * split rows a token)."""
+    t = tiles.fit(w.n, w.k)
+    parts = torch.empty((h.shape[0] * t.split, w.n), device=h.device, dtype=torch.float32)
+    return _combine(_gemv(h, logits, w, spec, t, parts, False), spec.num_experts_per_tok * t.split, out_dtype)
