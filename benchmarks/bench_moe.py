@@ -2,15 +2,14 @@
 reference, then time per layer against the copy bandwidth and bf16 matmul rate measured in the same
 run.
 
-    PYTHONUNBUFFERED=1 python benchmarks/bench_moe.py --out DIR [--sweep | --decodes | --gemv-grid]
+    PYTHONUNBUFFERED=1 python benchmarks/bench_moe.py --out DIR [--sweep | --gemv-grid]
 
 Layers are random MXFP4 experts (uniform E2M1 codes, scale bytes 119..121, RMS ~0.023) with a
 random router, so routing is near uniform: the most experts a batch can touch. NL distinct layers
 are allocated and consecutive calls use consecutive layers, so weights stream from HBM as in a
 decode step, not from L2. Decode points are CUDA graphs of NL * REPEAT calls (launch gaps included,
-as the engine replays them); prefill runs eagerly. --sweep first times tile variants of each kernel.
---decodes times only the gemv path in each of its e2m1 decodes (GemvTiles.decode) at T = 1 and 8:
-accuracy against the fp32 reference, the whole layer, and gate_up and down alone.
+as the engine replays them); prefill runs eagerly. --sweep first times the gemv against the grouped
+path at small T and tile variants of the grouped and prefill kernels.
 --gemv-grid times gate_up and down alone over GemvTiles variants at T = 1, 2, 4, 8 (gemv_variants:
 bn x bk x warps, and split for down; each checked against the fp32 reference inside its layer), then
 the whole layer with the engine's tiles and with the fastest of each kernel; prints the 5 fastest
@@ -219,34 +218,8 @@ def gemv_kernel_ms(spec, layers, x, logits, h, op, tiles, rep=200) -> tuple[floa
     return graph_ms(run, nl * REPEAT, rep), nbytes
 
 
-def compare_decodes(log, name, spec, layers, copy_gbs) -> bool:
-    """The gemv path (engine tiles) in each GemvTiles.decode at T = 1 and 8; whether every decode
-    passed check()'s bound."""
-    ok, engine = True, M.gemv_tiles(torch.device("cuda"))
-    for T in (1, 8):
-        x, logits, h = gemv_inputs(spec, layers, T, engine.gate_up)
-        for decode in K.GEMV_DECODES:
-            up, down = replace(engine.gate_up, decode=decode), replace(engine.down, decode=decode)
-            err, good = agreement(gemv(x, layers[0], spec, up, down), reference(x, layers[0], spec))
-            ok &= good
-            log(f"check {name} gemv {decode} T={T}: rel err {err:.2e} {'ok' if good else 'FAIL'}", kind="decode_check",
-                model=name, T=T, decode=decode, rel_err=err, ok=good)
-
-            def path(x, L, spec, up=up, down=down):
-                return gemv(x, L, spec, up, down)
-            path.__name__ = f"gemv_{decode}"
-            decode_point(log, name, spec, layers, T, copy_gbs, path=path)
-            for op, tiles in (("gate_up", up), ("down", down)):
-                ms, nbytes = gemv_kernel_ms(spec, layers, x, logits, h, op, tiles)
-                gbs = nbytes / ms / 1e6
-                log(f"{name} gemv {decode:<6} T={T} {op:<7} {ms * 1e3:7.1f} us  {nbytes / 1e6:6.1f} MB streamed  "
-                    f"{gbs / 1e3:5.2f} TB/s  {gbs / copy_gbs:5.1%} of copy", kind="decode_kernel", model=name, T=T,
-                    decode=decode, op=op, us=ms * 1e3, mbytes=nbytes / 1e6, gbs=gbs, of_copy=gbs / copy_gbs)
-    return ok
-
-
 def gemv_variants(base: K.GemvTiles, n: int, k: int, splits=(1,)) -> list[K.GemvTiles]:
-    """base's decode at bn {16, 32, 64} x bk {128, 256, 512} x warps {2, 4, 8} x splits, fitted to
+    """base at bn {16, 32, 64} x bk {128, 256, 512} x warps {2, 4, 8} x splits, fitted to
     [n, k], distinct, keeping those that give each thread GRID_THREAD_BYTES of a step. num_stages
     stays: these loops have no dot, Triton pipelines none of their loads, and the sm_90 SASS at 1
     and 3 stages is identical."""
@@ -336,29 +309,6 @@ def sweep(log, name, spec, layers, copy_gbs, mm_tflops, tiles: bool):
 
 
 def sweep_tiles(log, name, spec, layers, copy_gbs, mm_tflops):
-    nl, H = len(layers), spec.hidden_size
-    up_share = layers[0]["gate_up"].n / (layers[0]["gate_up"].n + layers[0]["down"].n)
-    x1 = torch.randn(1, H, device="cuda").bfloat16()
-    logits = [torch.nn.functional.linear(x1, L["router_w"], L["router_b"]) for L in layers]
-    h1 = [K.gate_up_gemv(x1, lg, L["gate_up"], spec, M.gemv_tiles(x1.device).gate_up) for lg, L in zip(logits, layers)]
-    for t in [K.GemvTiles(bn, bk, w, s, decode) for decode in K.GEMV_DECODES for bn, bk, w, s in
-              [(32, 256, 4, 3), (32, 256, 4, 2), (32, 256, 4, 4), (16, 256, 4, 3), (16, 512, 4, 3), (32, 512, 4, 3),
-               (64, 128, 4, 3), (32, 128, 4, 3), (64, 256, 4, 3), (32, 256, 2, 3), (64, 256, 8, 3), (16, 256, 2, 4),
-               (64, 512, 4, 3), (128, 256, 4, 3), (128, 256, 8, 3)]]:
-        for kind in ("gate_up", "down"):
-            if kind == "gate_up":
-                fn, share = lambda i: K.gate_up_gemv(x1, logits[i % nl], layers[i % nl]["gate_up"], spec, t), up_share
-            else:
-                fn, share = lambda i: K.down_gemv(h1[i % nl], logits[i % nl], layers[i % nl]["down"], spec, t), \
-                    1 - up_share
-            try:
-                ms = graph_ms(fn, nl * REPEAT)
-            except Exception as exc:  # a tile that does not compile or fit is a finding, not a crash
-                log(f"sweep {name} gemv {kind} {asdict(t)}: {type(exc).__name__}: {str(exc)[:200]}")
-                continue
-            gbs = 4 * expert_bytes(layers[0]) * share / ms / 1e6
-            log(f"sweep {name} gemv {kind:<7} {asdict(t)} {ms * 1e3:7.1f} us {gbs:6.0f} GB/s {gbs / copy_gbs:5.1%}",
-                kind="sweep_gemv", model=name, op=kind, tiles=asdict(t), us=ms * 1e3, gbs=gbs)
     for T in (8, 64, 256):
         for bm, bn, bk, w, st in [(16, 64, 128, 4, 3), (16, 64, 128, 4, 4), (16, 32, 256, 4, 3), (16, 32, 128, 4, 3),
                                   (32, 64, 128, 4, 3), (16, 128, 128, 8, 3), (32, 32, 256, 4, 3), (64, 64, 128, 4, 3)]:
@@ -386,12 +336,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--sweep", action="store_true", help="also time variants (tiles: first model only)")
-    ap.add_argument("--decodes", action="store_true", help="only the gemv path in each e2m1 decode, T = 1 and 8")
     ap.add_argument("--gemv-grid", action="store_true", help="only gemv tile variants, T = 1, 2, 4, 8")
     ap.add_argument("--models", default="gpt-oss-20b,gpt-oss-120b")
     args = ap.parse_args()
-    if args.sweep + args.decodes + args.gemv_grid > 1:
-        print("bench_moe: --sweep, --decodes and --gemv-grid are separate runs; pass one")
+    if args.sweep and args.gemv_grid:
+        print("bench_moe: --sweep and --gemv-grid are separate runs; pass one")
         sys.exit(2)
     log = Log(args.out)
     t0 = time.time()
@@ -405,8 +354,8 @@ def main():
         spec = get_spec(name)
         nl = 8 if spec.num_local_experts <= 32 else 4
         layers = [random_layer(spec, gen) for _ in range(nl)]
-        if args.decodes or args.gemv_grid:
-            failed |= not (compare_decodes if args.decodes else gemv_grid)(log, name, spec, layers, copy_gbs)
+        if args.gemv_grid:
+            failed |= not gemv_grid(log, name, spec, layers, copy_gbs)
             log(f"{name} done at {time.time() - t0:.0f} s")
             del layers
             torch.cuda.empty_cache()
@@ -431,9 +380,6 @@ def main():
             tiles = "".join(f"  {op} {_tiles_label(K.GemvTiles(**r[op]))}" for op in ("gate_up", "down") if op in r)
             log(f"{r['model']:<13} {r['path']:<12} T={r['T']:<2} layer {r['us']:7.1f} us  {r['gbs']:6.0f} GB/s  "
                 f"{r['of_copy']:6.1%}{tiles}")
-        elif r.get("kind") == "decode_kernel":
-            log(f"{r['model']:<13} gemv_{r['decode']:<7} T={r['T']:<2} {r['op']:<7} {r['us']:7.1f} us  "
-                f"{r['gbs'] / 1e3:5.2f} TB/s  {r['of_copy']:6.1%}")
         elif r.get("kind") == "decode" and r["path"] == "moe":
             log(f"{r['model']:<13} decode T={r['T']:<5} {r['us']:8.1f} us  {r['gbs']:6.0f} GB/s  {r['of_copy']:6.1%}")
         elif r.get("kind") == "prefill" and r["tiles"] is None:

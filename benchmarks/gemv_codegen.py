@@ -1,8 +1,8 @@
-"""Instructions per weight in the MoE gemv's main loop, per e2m1 decode, found without a GPU: Triton
+"""Instructions per weight in the MoE gemv's main loop, per tile set, found without a GPU: Triton
 compiles _gemv_kernel for sm_90 (benchmarks/fp4_codegen.compile_one), its bundled nvdisasm prints the
 SASS, and the loop (the first backward branch) is counted by opcode, divided by the weights a thread
 handles per step (BN * BK / (32 * num_warps)). The gemv is issue-bound (benchmarks/LOG.md, "MoE
-kernel"), so this count predicts its speed between decodes; registers and spills come from cuobjdump.
+kernel"), so this count predicts its speed between tile sets; registers and spills come from cuobjdump.
 
     PYTHONPATH=. python benchmarks/gemv_codegen.py [--model gpt-oss-20b] [--tiles BN,BK,WARPS ...]
 
@@ -57,7 +57,6 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("gemv_codegen: unset TRITON_INTERPRET (the interpreter compiles nothing)")
         return 2
-    from dataclasses import replace
 
     import triton
 
@@ -75,27 +74,25 @@ def main() -> int:
     except ValueError:
         print(f"gemv_codegen: --tiles takes BN,BK,WARPS triples, got {args.tiles}")
         return 2
-    print("| kernel | tiles (BN x BK, warps) | decode | instr/weight | regs | stack | top opcodes in the loop |")
-    print("|" + " --- |" * 7)
+    print("| kernel | tiles (BN x BK, warps) | instr/weight | regs | stack | top opcodes in the loop |")
+    print("|" + " --- |" * 6)
     sm90 = gemv_tiles_for(9)
     for kernel, gate_up, (n, kk), engine in (("gate_up", True, (2 * I, H), sm90.gate_up),
                                              ("down", False, (H, I), sm90.down)):
         for tiles in [engine] + [K.GemvTiles(bn, bk, w) for bn, bk, w in extra]:
-            for decode in K.GEMV_DECODES:
-                t = replace(tiles, decode=decode).fit(n, kk)
-                types = {"X": "*bf16", "stride_x": "i32", "Logits": "*bf16", "W": "*u8", "S": "*u8", "B": "*fp32",
-                         "Out": "*bf16" if gate_up else "*fp32", "alpha": "fp32", "limit": "fp32"}
-                const = {"E": E, "EP": triton.next_power_of_2(E), "TOPK": k, "KP": triton.next_power_of_2(k), "K": kk,
-                         "N": n, "GATE_UP": gate_up, "BN": t.bn, "BK": t.bk, "HFMA2": decode == "fp16x2",
-                         "SPLIT": t.split}
-                c = compile_one(K._gemv_kernel, types, const, 90, t.num_warps, t.num_stages)
-                ops = loop_opcodes(on_cubin(c.asm["cubin"], tool("nvdisasm"), "-c"))
-                usage = on_cubin(c.asm["cubin"], tool("cuobjdump"), "--dump-resource-usage")
-                regs, stack = (re.search(rf"{key}:(\d+)", usage).group(1) for key in ("REG", "STACK"))
-                per_thread = t.bn * t.bk / (32 * t.num_warps)
-                top = ", ".join(f"{op} {n_ / per_thread:.2f}" for op, n_ in ops.most_common(6))
-                print(f"| {kernel} | {t.bn} x {t.bk}, {t.num_warps} | {decode} | {sum(ops.values()) / per_thread:.2f} | "
-                      f"{regs} | {stack} | {top} |", flush=True)
+            t = tiles.fit(n, kk)
+            types = {"X": "*bf16", "stride_x": "i32", "Logits": "*bf16", "W": "*u8", "S": "*u8", "B": "*fp32",
+                     "Out": "*bf16" if gate_up else "*fp32", "alpha": "fp32", "limit": "fp32"}
+            const = {"E": E, "EP": triton.next_power_of_2(E), "TOPK": k, "KP": triton.next_power_of_2(k), "K": kk,
+                     "N": n, "GATE_UP": gate_up, "BN": t.bn, "BK": t.bk, "SPLIT": t.split}
+            c = compile_one(K._gemv_kernel, types, const, 90, t.num_warps, t.num_stages)
+            ops = loop_opcodes(on_cubin(c.asm["cubin"], tool("nvdisasm"), "-c"))
+            usage = on_cubin(c.asm["cubin"], tool("cuobjdump"), "--dump-resource-usage")
+            regs, stack = (re.search(rf"{key}:(\d+)", usage).group(1) for key in ("REG", "STACK"))
+            per_thread = t.bn * t.bk / (32 * t.num_warps)
+            top = ", ".join(f"{op} {n_ / per_thread:.2f}" for op, n_ in ops.most_common(6))
+            print(f"| {kernel} | {t.bn} x {t.bk}, {t.num_warps} | {sum(ops.values()) / per_thread:.2f} | "
+                  f"{regs} | {stack} | {top} |", flush=True)
     return 0
 
 

@@ -53,8 +53,8 @@ class GemvTilesPair:
 # Tiles by regime; .fit shrinks them for small matrices. The gemv's by CUDA capability major
 # (bench_moe.py --gemv-grid times the variants; a new architecture is one more entry), others
 # everywhere: the fastest of those timed on an H100 (LOG.md).
-GEMV_DEFAULT = GemvTilesPair(gate_up=K.GemvTiles(bn=32, bk=256, decode="fp16x2"),
-                             down=K.GemvTiles(bn=32, bk=512, decode="fp16x2"))
+GEMV_DEFAULT = GemvTilesPair(gate_up=K.GemvTiles(bn=32, bk=256),
+                             down=K.GemvTiles(bn=32, bk=512))
 GEMV_BY_MAJOR = {9: GEMV_DEFAULT}
 DECODE = K.Tiles(bm=16, bn=32, bk=256, swap=True)
 # MXFP8 h is quantised in gate_up's epilogue: its column tiles must hold whole 32-groups of h (bn >= 64).

@@ -7,11 +7,10 @@ stored (4.25 bits a weight) and decoded in registers.
            programs past the last tile exit at once. SWAP puts the weights on the MMA's M side and
            the few tokens on its N side, for decode.
   gemv     CUDA cores: one program per (assignment, column tile), the expert chosen from the router
-           logits inside the kernel (no routing launches), weights decoded by inline PTX
-           (GemvTiles.decode: prmt table lookups to fp32 and one FFMA a weight, or bit moves to
-           fp16 pairs and HFMA2 over each 32-group). Around a one-token MMA, dot_scaled spends most
-           of its time moving bytes between layouts; this path keeps the weights in the layout
-           they were loaded in.
+           logits inside the kernel (no routing launches), weights decoded by inline PTX (bit
+           moves to fp16 pairs and HFMA2 over each 32-group). Around a one-token MMA, dot_scaled
+           spends most of its time moving bytes between layouts; this path keeps the weights in
+           the layout they were loaded in.
 
 gate_up fuses bias, the clamped SwiGLU of interleaved (gate, up) rows and the routing weight, so
 its output rows are already weighted; down adds the bias times the routing weight and writes one
@@ -60,20 +59,12 @@ class Tiles:
         return replace(self, bn=_fit_rows(self.bn, n), bk=max(64, min(self.bk, triton.next_power_of_2(k))))
 
 
-GEMV_DECODES = ("prmt", "fp16x2")
-
-
 @dataclass(frozen=True)
 class GemvTiles:
     bn: int  # weight rows per program
     bk: int  # reduction elements per step
     num_warps: int = 4
     num_stages: int = 3
-    # fp16x2 (the engine's, moe.py): e2m1 -> fp16 pairs by bit moves, HFMA2 over each 32-group,
-    # fp32 from there on; 1.35x (T=1) to 1.65x (T=8) faster on the H200 (benchmarks/LOG.md).
-    # prmt: e2m1 -> fp32 by prmt table lookups, one FFMA a weight: the baseline bench_moe.py
-    # --decodes times it against, kept until the fewer-warps rule of `fit` has run on a GPU.
-    decode: str = "prmt"
     # Split-K, down only: the cdiv(K, bk) reduction steps are dealt out in `split` contiguous runs,
     # run s taking steps s*S//split .. (s+1)*S//split - 1 (S steps; every run starts at a multiple
     # of bk, so loads stay 16-byte aligned, and only the last run has K's masked tail step, as
@@ -84,8 +75,6 @@ class GemvTiles:
     split: int = 1
 
     def __post_init__(self):
-        if self.decode not in GEMV_DECODES:
-            raise ValueError(f"GemvTiles.decode must be one of {GEMV_DECODES}, got {self.decode!r}")
         if self.split < 1:
             raise ValueError(f"GemvTiles.split must be >= 1, got {self.split}")
 
@@ -96,7 +85,7 @@ class GemvTiles:
         # fp16x2 hands each thread whole 16-byte scale groups (pack=16): a tile of fewer than 16
         # bytes a thread would split groups across threads, so it runs on fewer warps. A step's
         # tile is the same under split (runs are whole steps), so this holds there too.
-        warps = self.num_warps if self.decode == "prmt" else max(1, min(self.num_warps, bn * bk // 2 // (16 * 32)))
+        warps = max(1, min(self.num_warps, bn * bk // 2 // (16 * 32)))
         return replace(self, bn=bn, bk=bk, num_warps=warps, split=min(self.split, triton.cdiv(k, bk)))
 
 
@@ -264,47 +253,6 @@ def _down_kernel(Hin, HS, Order, Offsets, Weights, W, S, B, Out, num_m, E: tl.co
     tl.store(Out + asg.to(tl.int64)[:, None] * N + cols[None, :], acc, mask=ok[:, None])
 
 
-# e2m1 -> fp32 for the four bytes of one register: byte i's low nibble to $i, its high nibble to
-# $(4+i). Per eight codes: prmt looks up the low and the high byte of each magnitude's bf16 pattern
-# in 8-byte tables indexed by the 3-bit code, and a third lookup gives 0x80 where the sign bit is
-# set; prmt pairs the bytes into bf16 halves, and a bf16 shifted up 16 bits is the fp32.
-_E2M1_TO_F32 = tl.constexpr("""{
-.reg .b32 m, s, m4, s0, s4, l0, l4, h0, h4, p0, p1, p2, p3;
-and.b32 m, $8, 0x77777777;
-and.b32 s, $8, 0x88888888;
-shr.u32 m4, m, 16;
-shr.u32 s0, s, 3;
-shr.u32 s4, s, 19;
-prmt.b32 l0, 0xC0800000, 0xC0804000, m;
-prmt.b32 l4, 0xC0800000, 0xC0804000, m4;
-prmt.b32 h0, 0x3F3F3F00, 0x40404040, m;
-prmt.b32 h4, 0x3F3F3F00, 0x40404040, m4;
-prmt.b32 s0, 0x00008000, 0, s0;
-prmt.b32 s4, 0x00008000, 0, s4;
-or.b32 h0, h0, s0;
-or.b32 h4, h4, s4;
-prmt.b32 p0, l0, h0, 0x6240;
-prmt.b32 p1, l0, h0, 0x7351;
-prmt.b32 p2, l4, h4, 0x6240;
-prmt.b32 p3, l4, h4, 0x7351;
-mul.lo.u32 $0, p0, 65536;
-and.b32 $1, p0, 0xFFFF0000;
-mul.lo.u32 $2, p2, 65536;
-and.b32 $3, p2, 0xFFFF0000;
-mul.lo.u32 $4, p1, 65536;
-and.b32 $5, p1, 0xFFFF0000;
-mul.lo.u32 $6, p3, 65536;
-and.b32 $7, p3, 0xFFFF0000;
-}""")
-
-
-@triton.jit
-def _e2m1_to_f32(w):
-    """w [...] uint8, two e2m1 codes each -> (values of the low nibbles, of the high nibbles), fp32."""
-    return tl.inline_asm_elementwise(_E2M1_TO_F32, "=r,=r,=r,=r,=r,=r,=r,=r,r", [w], dtype=(tl.float32, tl.float32),
-                                     is_pure=True, pack=4)
-
-
 def _fp16x2_group_dot_asm() -> str:
     """PTX for one 32-weight scale group: $16..$19 its 16 bytes (weights 8m..8m+7 in word m, low
     nibble first), $20..$35 fp16 pairs of x, pair 4m+i = (x[8m+i], x[8m+4+i]); every output $0..$15
@@ -384,11 +332,9 @@ def _x_fp16_pairs(x_row, i, x_mul, K: tl.constexpr, BK: tl.constexpr, TAIL: tl.c
 
 
 @triton.jit
-def _gemv_step(acc, x_row, W, S, i, x_mul, K: tl.constexpr, BK: tl.constexpr, TAIL: tl.constexpr,
-               HFMA2: tl.constexpr):
-    """acc [BN, BK/32] += per scale group, scale * (group's 32 weights . x); step i of the reduction.
-    HFMA2: the group sums are in units of 2^-14 / x_mul (_fp16x2_group_dot)."""
-    kx = i * BK + tl.arange(0, BK)
+def _gemv_step(acc, x_row, W, S, i, x_mul, K: tl.constexpr, BK: tl.constexpr, TAIL: tl.constexpr):
+    """acc [BN, BK/32] += per scale group, scale * (group's 32 weights . x); step i of the reduction,
+    the group sums in units of 2^-14 / x_mul (_fp16x2_group_dot)."""
     kw = i * (BK // 2) + tl.arange(0, BK // 2)[None, :]
     ks = i * (BK // 32) + tl.arange(0, BK // 32)[None, :]
     if TAIL:
@@ -396,20 +342,14 @@ def _gemv_step(acc, x_row, W, S, i, x_mul, K: tl.constexpr, BK: tl.constexpr, TA
         s = tl.load(S + ks, mask=ks < K // 32, other=0)
     else:
         w, s = tl.load(W + kw), tl.load(S + ks)
-    if HFMA2:
-        part = _fp16x2_group_dot(w, _x_fp16_pairs(x_row, i, x_mul, K, BK, TAIL))
-    else:
-        x = tl.load(x_row + kx, mask=kx < K, other=0.0) if TAIL else tl.load(x_row + kx)
-        lo, hi = _e2m1_to_f32(w)
-        wv = tl.reshape(tl.join(lo, hi), [w.shape[0], BK])
-        part = tl.sum(tl.reshape(wv * x.to(tl.float32)[None, :], [w.shape[0], BK // 32, 32]), axis=2)
+    part = _fp16x2_group_dot(w, _x_fp16_pairs(x_row, i, x_mul, K, BK, TAIL))
     return acc + part * (s.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # 2^(s - 127)
 
 
 @triton.jit
 def _gemv_kernel(X, stride_x, Logits, W, S, B, Out, alpha, limit, E: tl.constexpr, EP: tl.constexpr,
                  TOPK: tl.constexpr, KP: tl.constexpr, K: tl.constexpr, N: tl.constexpr, GATE_UP: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr, HFMA2: tl.constexpr, SPLIT: tl.constexpr):
+                 BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr):
     """Program (column tile, assignment a = token * TOPK + slot, K run sp): one activation row
     against BN rows of the expert routed from the token's logits, on CUDA cores, over reduction
     steps i0 .. i1 - 1 (GemvTiles.split). Each thread holds whole 32-value scale groups (16 bytes),
@@ -436,21 +376,17 @@ def _gemv_kernel(X, stride_x, Logits, W, S, B, Out, alpha, limit, E: tl.constexp
     rows = pid_n * BN + tl.arange(0, BN)
     W = W + e.to(tl.int64) * N * (K // 2) + rows[:, None] * (K // 2)
     S = S + e.to(tl.int64) * N * (K // 32) + rows[:, None] * (K // 32)
-    x_mul = 1.0  # HFMA2: x goes to fp16 times 2^c, and y comes back times 2^(14 - c)
-    if HFMA2:
-        # c from this run's x only: y is rescaled per program, so any c that keeps the run's fp16
-        # sums in range is correct; the run's own max keeps more of its small x normal than the
-        # row's would, and reads K / split of x, not K.
-        c = _x_scale_exponent(x_row, i0 * BK, k1, RANGE)
-        x_mul = ((c + 127) << 23).to(tl.float32, bitcast=True)
+    # x goes to fp16 times 2^c, and y comes back times 2^(14 - c). c from this run's x only: y is
+    # rescaled per program, so any c that keeps the run's fp16 sums in range is correct; the run's
+    # own max keeps more of its small x normal than the row's would, and reads K / split of x, not K.
+    c = _x_scale_exponent(x_row, i0 * BK, k1, RANGE)
+    x_mul = ((c + 127) << 23).to(tl.float32, bitcast=True)
     acc = tl.zeros([BN, BK // 32], tl.float32)
     for i in range(i0, i_full):
-        acc = _gemv_step(acc, x_row, W, S, i, x_mul, K, BK, False, HFMA2)
+        acc = _gemv_step(acc, x_row, W, S, i, x_mul, K, BK, False)
     if tail:
-        acc = _gemv_step(acc, x_row, W, S, K // BK, x_mul, K, BK, True, HFMA2)
-    y = tl.sum(acc, axis=1)
-    if HFMA2:
-        y = y * ((141 - c) << 23).to(tl.float32, bitcast=True)
+        acc = _gemv_step(acc, x_row, W, S, K // BK, x_mul, K, BK, True)
+    y = tl.sum(acc, axis=1) * ((141 - c) << 23).to(tl.float32, bitcast=True)
     if GATE_UP:
         h = _swiglu((y + tl.load(B + e * N + rows))[None, :], alpha, limit) * wt
         j = pid_n * (BN // 2) + tl.arange(0, BN // 2)
@@ -508,7 +444,7 @@ def _fp16x2_group_dot_reference(w: np.ndarray, xp: np.ndarray) -> np.ndarray:
 def _interpret_mx_ops() -> None:
     """Triton 3.6's interpreter has no tl.dot_scaled and runs no PTX: give it the ops used here,
     for e2m1, e4m3 and bf16 operands (e2m1 packed along K, E8M0 scales per 32), exact in fp32 as on
-    the GPU, and the gemv's two PTX decodes (the fp16x2 one with its fp16 roundings)."""
+    the GPU, and the gemv's PTX group dot (with its fp16 roundings)."""
     from triton._C.libtriton import ir
     from triton.runtime import interpreter as it
 
@@ -540,9 +476,6 @@ def _interpret_mx_ops() -> None:
     create_inline_asm = it.InterpreterBuilder.create_inline_asm
 
     def create_inline_asm_mx(self, asm, constraints, values, types, is_pure, pack):
-        if asm == _E2M1_TO_F32.value:
-            b = values[0].data
-            return Results(it.TensorHandle(lut[v], tl.float32) for v in (b & 15, b >> 4))
         if asm == _FP16X2_GROUP_DOT.value:
             return Results([it.TensorHandle(_fp16x2_group_dot_reference(values[0].data, values[1].data), tl.float32)])
         return create_inline_asm(self, asm, constraints, values, types, is_pure, pack)
@@ -624,8 +557,8 @@ def _gemv(x, logits, w, spec, t: GemvTiles, out: torch.Tensor, gate_up: bool) ->
     k, E = spec.num_experts_per_tok, w.blocks.shape[0]
     _gemv_kernel[(w.n // t.bn, logits.shape[0] * k, t.split)](
         x, x.stride(0), logits, w.blocks, w.scales, w.bias, out, spec.swiglu_alpha, spec.swiglu_limit, E,
-        triton.next_power_of_2(E), k, triton.next_power_of_2(k), w.k, w.n, gate_up, t.bn, t.bk, t.decode == "fp16x2",
-        t.split, **_launch_opts(t))
+        triton.next_power_of_2(E), k, triton.next_power_of_2(k), w.k, w.n, gate_up, t.bn, t.bk, t.split,
+        **_launch_opts(t))
     return out
 
 
