@@ -16,3 +16,20 @@ step() {
   echo "== $(date +%T) $* ($(( cap < left ? cap : left )) s)"
   timeout $(( cap < left ? cap : left )) bash -c '"$@"' _ "$@"
 }
+
+# `gpu_tests [FILE...]`: the Triton kernel tests, unmarked (they run on the GPU wherever there is
+# one, in the interpreter on a CPU), then every gpu-marked test (the browser tests import selenium,
+# which the GPU images lack; none of them is gpu-marked); with files given, those files whole.
+# Output in $out/tests.txt.
+pt() { python3 -m pytest -q -p no:cacheprovider "$@"; }
+export -f pt
+gpu_tests() {
+  if (( $# )); then step 300 pt "$@" > "$out/tests.txt" 2>&1
+  else
+    step 200 pt tests/test_triton_moe.py tests/test_triton_attention.py tests/test_triton_kernels.py \
+      tests/test_triton_mxfp8.py > "$out/tests.txt" 2>&1
+    step 300 pt -m gpu --ignore=tests/test_report_browser.py --ignore=tests/test_procurement.py tests \
+      >> "$out/tests.txt" 2>&1
+  fi
+  grep -E "passed|failed|error" "$out/tests.txt" | tail -4
+}

@@ -13,10 +13,7 @@ export -f bench
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 for s in "$@"; do case $s in
-  tests)  # every gpu-marked test (engine, telemetry, calibration, the mxfp8 path)
-    # the browser tests import selenium, which the GPU image lacks; none of them is gpu-marked
-    step 300 python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_report_browser.py \
-      --ignore=tests/test_procurement.py tests > "$out/tests.txt" 2>&1; tail -4 "$out/tests.txt";;
+  tests) gpu_tests;;  # the kernel tests and every gpu-marked one (device_steps.sh)
   explain)  # measured ceilings and each engine's MXFP4 path with kernel evidence
     step 150 python3 -m harness.explain_cli -o "$out/explain.html" 2>&1 | tee "$out/explain.txt";;
   move)  # issue 11: the native engine after the harness reshaping, same points as the LOG's baseline

@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
 #   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  paths (PATHS="marlin ..."
 #          to choose)  serve  openloop  latency (LATENCY="BATCHxOUT[@CHUNK] ...")  engine  gemv  llama
-#          tests (TESTS="tests/test_x.py ..." to choose)
+#          tests (TESTS="tests/test_x.py ..." to choose files)
 #
 # The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
 # folders; `install` verifies and unpacks it. Worker groups of vLLM capture CUDA graphs only at the
@@ -57,7 +57,7 @@ for s in "$@"; do case $s in
     step 300 serve backend.request_rate=8 backend.num_requests=128 workload.batch_size=64 workload.repeats=1 run_id=serve-open;;
   latency)  # vLLM's own `vllm bench latency` on the same checkpoint and engine settings: BATCHxOUT
     # with OUT 256 checks TTFT + 255 TPOT, with OUT 1 (prefill and the first token) TTFT alone
-    ckpt=$(cut -f1 "$out/checkpoint.txt" 2>/dev/null || python3 -m harness.model.synthetic --model gpt-oss-20b | cut -f1)
+    ckpt=$(python3 -m harness.model.synthetic --model gpt-oss-20b | tail -1 | cut -f1)  # written once, then found
     for p in ${LATENCY:-1x256 64x256 1x1 8x1 64x1}; do  # BATCHxOUT[@CHUNK]
       b=${p%x*}; n=${p#*x}; c=$CHUNK; [[ $n == *@* ]] && { c=${n#*@}; n=${n%@*}; }
       step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len $n \
@@ -78,9 +78,7 @@ for s in "$@"; do case $s in
   llama)  # llama.cpp: build llama-server for this GPU (build/llama.cpp/*.tar.gz carried), then 20b
     JOBS=16 step 300 bash scripts/build_llama_server.sh cuda > "$out/llama_build.log" 2>&1; tail -2 "$out/llama_build.log"
     step 200 bench backend=llama_cpp device=cuda workload.repeats=2 -m workload.batch_size=1,8 run_id=llama;;
-  tests)
-    step 300 python3 -m pytest -q -m gpu -p no:cacheprovider --ignore=tests/test_report_browser.py \
-      --ignore=tests/test_procurement.py ${TESTS:-tests} > "$out/tests.txt" 2>&1; tail -4 "$out/tests.txt";;
+  tests) gpu_tests ${TESTS:-};;  # device_steps.sh
   *) echo "unknown step $s";;
 esac; done
 if ls "$res"/*/points.parquet >/dev/null 2>&1; then
