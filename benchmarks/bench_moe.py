@@ -257,7 +257,7 @@ def gemv_grid(log, name, spec, layers, copy_gbs) -> bool:
                 if good and ms < fastest[op][0]:
                     fastest[op] = (ms, tiles)
                 gbs = nbytes / ms / 1e6
-                log(f"grid {name} T={T} {op:<7} {_tiles_label(tiles):<22} {ms * 1e3:7.1f} us  {gbs / 1e3:5.2f} TB/s  "
+                log(f"grid {name} T={T} {op:<7} {tiles.label:<22} {ms * 1e3:7.1f} us  {gbs / 1e3:5.2f} TB/s  "
                     f"rel err {err:.1e}{'' if good else ' FAIL'}", kind="gemv_grid", model=name, T=T, op=op,
                     tiles=asdict(tiles), us=ms * 1e3, mbytes=nbytes / 1e6, gbs=gbs, of_copy=gbs / copy_gbs,
                     rel_err=err, ok=good)
@@ -270,32 +270,27 @@ def gemv_grid(log, name, spec, layers, copy_gbs) -> bool:
     return ok
 
 
-def _tiles_label(t: K.GemvTiles) -> str:
-    return f"{t.bn}x{t.bk} w{t.num_warps}" + (f" split {t.split}" if t.split > 1 else "")
-
-
 def gemv_grid_summary(log, rows):
     """The 5 fastest passing variants per (model, T, kernel), and the 3 with the least time summed
-    over GRID_T per (model, kernel): one set of tiles serves every T in the engine."""
+    over GRID_T per (model, kernel): one set of tiles serves every T in the engine. Returns the
+    fastest of those per model and kernel, as GemvTiles fields."""
     grid = [r for r in rows if r.get("kind") == "gemv_grid" and r["ok"]]
     for (model, T, op), group in itertools.groupby(sorted(grid, key=lambda r: (r["model"], r["T"], r["op"])),
                                                    key=lambda r: (r["model"], r["T"], r["op"])):
         for r in sorted(group, key=lambda r: r["us"])[:5]:
-            log(f"{model:<13} T={T} {op:<7} {_tiles_label(K.GemvTiles(**r['tiles'])):<22} {r['us']:7.1f} us  "
+            log(f"{model:<13} T={T} {op:<7} {K.GemvTiles(**r['tiles']).label:<22} {r['us']:7.1f} us  "
                 f"{r['gbs'] / 1e3:5.2f} TB/s  {r['of_copy']:6.1%}")
-    totals = {}
+    totals = {}  # (model, kernel) -> {tiles: us at each T}
     for r in grid:
-        key = (r["model"], r["op"], _tiles_label(K.GemvTiles(**r["tiles"])))
-        totals.setdefault(key, []).append(r["us"])
+        totals.setdefault((r["model"], r["op"]), {}).setdefault(K.GemvTiles(**r["tiles"]), []).append(r["us"])
     best = {}
-    for (model, op), group in itertools.groupby(sorted(totals), key=lambda key: key[:2]):
-        whole = sorted((key for key in group if len(totals[key]) == len(GRID_T)), key=lambda key: sum(totals[key]))
-        for key in whole[:3]:
-            log(f"{model:<13} {op:<7} {key[2]:<22} T {GRID_T}: " + " / ".join(f"{us:.1f}" for us in totals[key])
-                + f" us (sum {sum(totals[key]):.1f})")
+    for (model, op), by_tiles in sorted(totals.items()):
+        whole = sorted((t for t, us in by_tiles.items() if len(us) == len(GRID_T)), key=lambda t: sum(by_tiles[t]))
+        for t in whole[:3]:
+            log(f"{model:<13} {op:<7} {t.label:<22} T {GRID_T}: " + " / ".join(f"{us:.1f}" for us in by_tiles[t])
+                + f" us (sum {sum(by_tiles[t]):.1f})")
         if whole:
-            best.setdefault(model, {})[op] = next(r["tiles"] for r in grid if (r["model"], r["op"]) == (model, op)
-                                                  and _tiles_label(K.GemvTiles(**r["tiles"])) == whole[0][2])
+            best.setdefault(model, {})[op] = asdict(whole[0])
     return best
 
 
@@ -377,7 +372,7 @@ def main():
         log(f"fastest tiles over T {GRID_T} per model: {args.out / 'gemv_tiles.json'}")
     for r in log.rows:
         if r.get("kind") == "decode" and r["path"].startswith("gemv_"):
-            tiles = "".join(f"  {op} {_tiles_label(K.GemvTiles(**r[op]))}" for op in ("gate_up", "down") if op in r)
+            tiles = "".join(f"  {op} {K.GemvTiles(**r[op]).label}" for op in ("gate_up", "down") if op in r)
             log(f"{r['model']:<13} {r['path']:<12} T={r['T']:<2} layer {r['us']:7.1f} us  {r['gbs']:6.0f} GB/s  "
                 f"{r['of_copy']:6.1%}{tiles}")
         elif r.get("kind") == "decode" and r["path"] == "moe":

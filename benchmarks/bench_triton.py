@@ -90,8 +90,9 @@ def decode_point(backend, quant, batch, context, bandwidth, breakdown: bool) -> 
     ms = median_ms(graph.replay, REPLAYS)
     harness_ms = median_ms(lambda: backend.decode(tok), HARNESS_STEPS)
     step_bytes = spec.decode_step_bytes(batch, context, quant)
+    gemv = M.gemv_tiles(torch.device("cuda"))
     row = {"model": spec.name, "quant": quant, "phase": "decode", "batch": batch, "context": context, "ms": ms,
-           "gemv": gemv_label(M.gemv_tiles(torch.device("cuda"))) if M.uses_gemv(batch, spec) else "-",
+           "gemv": f"{gemv.gate_up.label} / {gemv.down.label}" if M.uses_gemv(batch, spec) else "-",
            "harness_ms": harness_ms, "tok_s": batch * 1e3 / ms, "gb": step_bytes / 1e9,
            "mbu": step_bytes / (ms * 1e-3) / bandwidth, "mfu": None,
            "start": "prefill" if batch * context <= PREFILL_TOKENS else "random cache"}
@@ -101,11 +102,6 @@ def decode_point(backend, quant, batch, context, bandwidth, breakdown: bool) -> 
         row["eager_ms"] = median_ms(lambda: backend.decode(tok), HARNESS_STEPS)
         eng.cuda_graphs = True
     return row
-
-
-def gemv_label(t: M.GemvTilesPair) -> str:
-    return " / ".join(f"{x.bn}x{x.bk} w{x.num_warps}" + (f" split {x.split}" if x.split > 1 else "")
-                      for x in (t.gate_up, t.down))
 
 
 def use_gemv_tiles(path: Path, model: str) -> bool:

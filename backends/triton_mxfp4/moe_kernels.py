@@ -78,6 +78,11 @@ class GemvTiles:
         if self.split < 1:
             raise ValueError(f"GemvTiles.split must be >= 1, got {self.split}")
 
+    @property
+    def label(self) -> str:
+        """What the benchmarks print for these tiles, e.g. "32x512 w4 split 2"."""
+        return f"{self.bn}x{self.bk} w{self.num_warps}" + (f" split {self.split}" if self.split > 1 else "")
+
     def fit(self, n: int, k: int) -> "GemvTiles":
         """The same tiles, shrunk where the matrix [n, k] is smaller than them (split: to no more
         runs than steps)."""
