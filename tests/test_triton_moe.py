@@ -237,6 +237,21 @@ def test_gemv_tiles_by_architecture():
     assert gemv_tiles(torch.device("cpu")) == GEMV_DEFAULT
 
 
+@pytest.mark.parametrize("major", sorted(GEMV_BY_MAJOR))
+def test_gemv_at_each_architectures_tiles(major, poisoned):
+    """The table's tiles as the engine runs them: H = I = 640 leaves them unshrunk (bk 512: one
+    full step and a masked one of 128), so their warps, thread bytes and split are the real ones."""
+    tiles = gemv_tiles_for(major)
+    spec = small_spec(H=640, I=640)
+    router_w, router_b, gate_up, down = make_layer(spec)
+    w1, w2 = prepare_experts(*gate_up, "gate_up"), prepare_experts(*down, "down")
+    assert tiles.gate_up.fit(w1.n, w1.k) == tiles.gate_up and tiles.down.fit(w2.n, w2.k) == tiles.down
+    x = routable_x(1, spec, router_w, router_b)
+    logits = torch.nn.functional.linear(x, router_w, router_b)
+    y = K.down_gemv(K.gate_up_gemv(x, logits, w1, spec, tiles.gate_up), logits, w2, spec, tiles.down)
+    assert rel_err(y, moe_reference(x, router_w, router_b, gate_up, down, spec)) < 1e-2
+
+
 @pytest.mark.parametrize("n,k", [(5760, 2880), (2880, 2880), (32, 224), (128, 64)])
 def test_gemv_fit_gives_each_thread_whole_16_byte_groups(n, k):
     """fp16x2's asm takes 16-byte groups (pack=16): every fitted tile gives each thread at least 16

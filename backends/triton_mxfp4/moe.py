@@ -52,10 +52,13 @@ class GemvTilesPair:
 
 # Tiles by regime; .fit shrinks them for small matrices. The gemv's by CUDA capability major
 # (bench_moe.py --gemv-grid times the variants; a new architecture is one more entry), others
-# everywhere: the fastest of those timed on an H100 (LOG.md).
+# everywhere: the fastest of those timed on an H100 (LOG.md). sm_90: the H200 grid's fastest over
+# T = 1-8 (gate_up 16x512 on 2 warps is 3-9% faster than 32x256 on 4 at every T for 20b; split-K
+# pays for down only at T = 1, and costs at T >= 2).
 GEMV_DEFAULT = GemvTilesPair(gate_up=K.GemvTiles(bn=32, bk=256),
                              down=K.GemvTiles(bn=32, bk=512))
-GEMV_BY_MAJOR = {9: GEMV_DEFAULT}
+GEMV_BY_MAJOR = {9: GemvTilesPair(gate_up=K.GemvTiles(bn=16, bk=512, num_warps=2),
+                                  down=K.GemvTiles(bn=32, bk=512))}
 DECODE = K.Tiles(bm=16, bn=32, bk=256, swap=True)
 # MXFP8 h is quantised in gate_up's epilogue: its column tiles must hold whole 32-groups of h (bn >= 64).
 # bn 128 puts 128 weight rows on the MMA's M side, the least that sm_100's block-scaled tcgen05.mma
