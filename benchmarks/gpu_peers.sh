@@ -18,16 +18,18 @@ out=${1:?output folder}; budget=${2:?seconds}; shift 2
 [ -f /tmp/vllm.env ] && . /tmp/vllm.env
 bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardware=H200 model=gpt-oss-20b \
   workload.context_len=1024 workload.new_tokens=256 workload.repeats=3 "$@"; }
-# Two full-length warm-up calls: vLLM's JIT monitor logged Triton compilations of its MoE routing
-# kernels inside measured requests after one 4-token warm-up (2026-12-03): new step shapes. Both
-# modes and `vllm bench latency` prefill in chunks of the same 16384 tokens (vLLM's offline default
-# on an H200; its server's is 8192), so their TTFTs compare.
+# Full-length warm-up calls until their TTFTs settle (workload.warmup_max): vLLM's JIT monitor logged
+# Triton compilations of its MoE routing kernels inside measured requests after one 4-token warm-up,
+# and its own `bench latency` at batch 8 prefilled in 0.7-1.4 s for five calls, then in 0.11 s
+# (2026-12-03); `bench latency` itself gets 8 warm-up iterations. Both modes and `bench latency`
+# prefill in chunks of the same 16384 tokens (vLLM's offline default on an H200; its server's is
+# 8192), so their TTFTs compare.
 CHUNK=16384
 vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' \
-  backend.max_num_batched_tokens=$CHUNK workload.warmup=2 workload.warmup_tokens=256 "$@"; }
+  backend.max_num_batched_tokens=$CHUNK workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 "$@"; }
 serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=2000 backend.slo_tpot_ms=15 \
   backend.max_num_batched_tokens=$CHUNK 'backend.serve_args=["--cudagraph-capture-sizes","1","8","64"]' \
-  workload.warmup=2 workload.warmup_tokens=256 "$@"; }
+  workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 "$@"; }
 export CHUNK; export -f bench vllm_bench serve
 
 for s in "$@"; do case $s in
@@ -61,7 +63,7 @@ for s in "$@"; do case $s in
     for p in ${LATENCY:-1x256 64x256 1x1 8x1 64x1}; do  # BATCHxOUT[@CHUNK]
       b=${p%x*}; n=${p#*x}; c=$CHUNK; [[ $n == *@* ]] && { c=${n#*@}; n=${n%@*}; }
       step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len $n \
-        --batch-size $b --num-iters-warmup 2 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
+        --batch-size $b --num-iters-warmup 8 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
         --no-enable-prefix-caching --max-model-len 1280 --max-num-seqs 256 --cudagraph-capture-sizes 1 8 64 256 \
         --max-num-batched-tokens $c --output-json "$out/latency-$p.json" > "$out/latency-$p.log" 2>&1
       tail -3 "$out/latency-$p.log"

@@ -42,6 +42,8 @@ class Workload:
     router_skew: float = _key("synthetic router bias towards a few experts (0: uniform routing)")
     timeout_s: float = _key("a point's limit: warm-up, measurement, profile, agreement", per_point=True)
     load_timeout_s: float = _key("a worker's limit to load the model")
+    warmup_max: int = _key("0: exactly `warmup` warm-up calls; more: they go on, up to this many, until the "
+                           "last three TTFTs lie within 10% of their median", per_point=True, default=0)
 
     def problems(self) -> list[str]:
         out = [f"workload.{k}={getattr(self, k)}: must be a positive integer"
@@ -50,6 +52,9 @@ class Workload:
             out.append(f"workload.new_tokens={self.new_tokens}: must be an integer >= 2 (a prefill and a decode step)")
         if self.warmup < 0:
             out.append(f"workload.warmup={self.warmup}: must be an integer >= 0")
+        if self.warmup_max and self.warmup_max < max(self.warmup, 3):
+            out.append(f"workload.warmup_max={self.warmup_max}: must be 0 (exactly workload.warmup calls) or at "
+                       f"least max(workload.warmup, 3) (settling compares the last three calls)")
         out += [f"workload.{k}={getattr(self, k)}: must be a positive number"
                 for k in ("timeout_s", "load_timeout_s") if not getattr(self, k) > 0]
         return out

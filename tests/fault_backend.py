@@ -6,6 +6,8 @@
   kill   sends SIGKILL to its own process;
   hang   sleeps far past any point timeout.
 `does_not_fit: true` makes load raise DoesNotFit.
+`prefill_ms` [a, b, ...]: the n-th prefill sleeps the n-th time, the last one from then on (an
+engine whose first calls at a shape are slow).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from harness.engine import DoesNotFit, LoadRequest, StepBackend
 class FaultBackend(StepBackend):
     quants = ("mxfp4",)
 
-    def __init__(self, faults: dict | None = None, does_not_fit: bool = False, step_ms: float = 0.2):
-        super().__init__(faults=faults, does_not_fit=does_not_fit, step_ms=step_ms)
+    def __init__(self, faults: dict | None = None, does_not_fit: bool = False, step_ms: float = 0.2,
+                 prefill_ms: list | None = None):
+        super().__init__(faults=faults, does_not_fit=does_not_fit, step_ms=step_ms, prefill_ms=prefill_ms)
+        self.prefills = 0
         self.faults = {int(batch): fault for fault, batch in (faults or {}).items()}
         self.device = torch.device("cpu")
 
@@ -42,6 +46,9 @@ class FaultBackend(StepBackend):
             os.kill(os.getpid(), signal.SIGKILL)
         if fault == "hang":
             time.sleep(3600)
+        if times := self.options["prefill_ms"]:
+            time.sleep(times[min(self.prefills, len(times) - 1)] / 1e3)
+        self.prefills += 1
         return prompts.sum(1) % self.vocab
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:

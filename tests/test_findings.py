@@ -53,7 +53,7 @@ def _point(run_id, backend, model, quant, weights_gib, speed, batch, ctx, calibr
 
 def record_run(root, run_id="20261203T100000Z", calibrated=True, faults=True, measured=True):
     """A run folder as the sweep leaves it. `faults` adds a failed, a timed-out, a throttled, a
-    noisy and a disagreeing point; `measured=False` nulls what a CPU run cannot measure."""
+    noisy, a disagreeing and an unsettled point; `measured=False` nulls what a CPU run cannot measure."""
     rows = [_point(run_id, *engine, b, c, calibrated) for engine in ENGINES for b in BATCHES for c in CONTEXTS]
     by_id = {r["point_id"]: r for r in rows}
     if faults:
@@ -66,6 +66,8 @@ def record_run(root, run_id="20261203T100000Z", calibrated=True, faults=True, me
         by_id["triton_mxfp4-gpt-oss-120b-mxfp4-b1-c128-n32"] |= dict(cv=0.12)
         by_id["triton_mxfp4-gpt-oss-120b-mxfp4-b8-c128-n32"] |= dict(cv=NOISY_CV)  # at the threshold: not noisy
         by_id["triton_mxfp4-gpt-oss-20b-mxfp4-b8-c128-n32"] |= dict(agreement=0.9375)
+        by_id["vllm-gpt-oss-20b-mxfp4-b8-c128-n32"] |= dict(warmup_calls=10, warmup_settled=False)
+        by_id["vllm-gpt-oss-20b-mxfp4-b1-c128-n32"] |= dict(warmup_calls=4, warmup_settled=True)
         by_id["vllm-gpt-oss-120b-mxfp4-b8-c8192-n32"] |= dict(agreement=0.5, agreement_forced=False)
     if not measured:
         rows = [r | dict.fromkeys(["mbu", "mbu_datasheet", "energy_j_per_tok", "cv", "agreement", "engine_path",
@@ -206,6 +208,7 @@ def test_paths_failures_throttling_disagreement_and_noise(run):
     assert _points_of(found, "throttled", "throttle_reasons") == set(ok.loc[ok["throttled"] == True, "point_id"])  # noqa: E712
     assert _points_of(found, "disagrees", "agreement") == set(ok.loc[ok["agreement"] < 1, "point_id"])
     assert _points_of(found, "noisy", "cv") == set(ok.loc[ok["cv"] > NOISY_CV, "point_id"])
+    assert _points_of(found, "unsettled", "warmup_calls") == set(ok.loc[ok["warmup_settled"] == False, "point_id"])  # noqa: E712
     failed = [f.level for f in found if f.kind == "failed"]
     assert failed == sorted(failed, key=["warning", "note"].index)  # errors before points that did not fit
     levels = {f.quotes["status"].value: f.level for f in found if f.kind == "failed"}
@@ -220,7 +223,7 @@ def test_paths_failures_throttling_disagreement_and_noise(run):
 def test_no_sentence_for_absent_data(tmp_path):
     found = findings(load_runs([record_run(tmp_path, faults=False, measured=False)]))
     kinds = {f.kind for f in found}
-    assert kinds & {"mbu", "path", "throttled", "disagrees", "noisy"} == set()
+    assert kinds & {"mbu", "path", "throttled", "disagrees", "noisy", "unsettled"} == set()
     quant = [f for f in found if f.kind == "quant"]
     assert quant and all(set(f.numbers) & {"memory", "energy"} == set() for f in quant)
     assert all("energy" not in f.text and "weights" not in f.text for f in quant)

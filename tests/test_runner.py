@@ -9,6 +9,7 @@ from dataclasses import replace
 from harness.config import BackendChoice, ModelChoice, TelemetryConfig, Workload
 from harness.model.spec import get_spec
 from harness.runner import messages as M
+from harness.runner.measure import settled
 from harness.runner.prompts import prompts
 from harness.runner.worker_process import WorkerDied, WorkerProcess, WorkerTimeout
 
@@ -52,8 +53,35 @@ def test_measurement_comes_from_every_step(worker):
     assert row["prefill_tok_s"] == pytest.approx(4 * 8 / (row["ttft_ms"] / 1e3))
     assert row["cv"] is not None and row["e2e_ms"] > row["ttft_ms"]
     assert "agreement" not in row
+    assert (row["warmup_calls"], row["warmup_settled"]) == (1, None)  # exactly `warmup` without warmup_max
     one = point(worker, 1, repeats=1).data["row"]
     assert one["cv"] is None  # one repeat has no spread
+
+
+def test_warm_up_goes_on_until_ttft_settles(tmp_path, monkeypatch):
+    """Prefills of 200, 20, 200, 200, 20 ms, then 20: the last three first agree at the 7th call."""
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    slow = replace(FAULT, options={"prefill_ms": [200, 20, 200, 200, 20]})
+    w = WorkerProcess(None, tmp_path / "worker.log")
+    try:
+        w.request(None, 60)
+        assert w.request(replace(load(tmp_path), backend=slow), 60).status == "ok"
+        row = point(w, 1, warmup=1, warmup_max=10).data["row"]
+        assert (row["warmup_calls"], row["warmup_settled"]) == (7, True)
+        assert row["ttft_ms"] < 100  # measured after the slow calls
+        row = point(w, 1, warmup=1, warmup_max=3).data["row"]  # prefills of 20 ms from now on
+        assert (row["warmup_calls"], row["warmup_settled"]) == (3, True)
+    finally:
+        w.kill()
+
+
+def test_settled_needs_three_calls_within_ten_percent():
+    assert not settled([20.0, 20.0])
+    assert settled([200.0, 20.0, 21.0, 19.0])
+    assert not settled([20.0, 21.0, 25.0])
+    assert Workload(**{**WORKLOAD.__dict__, "warmup_max": 2}).problems() == [
+        "workload.warmup_max=2: must be 0 (exactly workload.warmup calls) or at least max(workload.warmup, 3) "
+        "(settling compares the last three calls)"]
 
 
 def test_agreement_is_teacher_forced_against_the_reference(worker):

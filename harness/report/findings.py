@@ -36,6 +36,7 @@ KINDS = {
     "throttled": "Throttled points",
     "disagrees": "Points that disagree with the reference",
     "noisy": "Noisy points",
+    "unsettled": "Points whose warm-up did not settle",
     "fastest": "Fastest engine per shape (decode)",
     "mbu": "Memory bandwidth at batch 1",
     "quant": "MXFP4 against bf16",
@@ -367,13 +368,26 @@ def noisy(p: pd.DataFrame) -> list[Finding]:
     return out
 
 
+def unsettled(p: pd.DataFrame) -> list[Finding]:
+    """Points whose warm-up ran to workload.warmup_max with TTFTs still moving (measure.settled)."""
+    out = []
+    ok = _ok(p, "warmup_settled", "warmup_calls")
+    for _, row in _order(ok[ok["warmup_settled"] == False]).iterrows():  # noqa: E712
+        numbers = _shape_numbers(row) | {"warmup_calls": _num(row, "warmup_calls", integer)}
+        out.append(Finding("unsettled", f"{_shape(row)}: {_engine(row)}'s warm-up did not settle in "
+                                        f"{integer(row['warmup_calls'])} calls (the last three TTFTs still differed "
+                                        f"by more than 10%): its TTFT may not be the steady state's.", numbers, {},
+                           "warning"))
+    return out
+
+
 def findings(runs: Runs) -> list[Finding]:
     """Every finding of the runs, in KINDS order; with several runs each sentence starts with its
     run's label (engines are compared within a run, on one machine)."""
     out = []
     for info in runs.infos:
         p = runs.points[runs.points["run"] == info.label]
-        found = [*setup(info, p), *failed(p), *throttled(p), *disagrees(p), *noisy(p), *fastest(p),
+        found = [*setup(info, p), *failed(p), *throttled(p), *disagrees(p), *noisy(p), *unsettled(p), *fastest(p),
                  *mbu(p, info.mbu_ceiling), *quant(p), *paths(p)]
         if len(runs.infos) > 1:
             found = [f if f.kind == "setup" else Finding(f.kind, f"{info.label} · {f.text}", f.numbers, f.quotes, f.level)

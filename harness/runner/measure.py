@@ -27,7 +27,13 @@ LATENCY_COLUMNS: dict[str, pa.DataType] = {
     "ttft_ms": pa.float64(), "prefill_tok_s": pa.float64(), "tpot_ms_mean": pa.float64(),
     "tpot_ms_p50": pa.float64(), "tpot_ms_p90": pa.float64(), "tpot_ms_p99": pa.float64(),
     "decode_tok_s": pa.float64(), "e2e_ms": pa.float64(), "cv": pa.float64(),
+    "warmup_calls": pa.int64(), "warmup_settled": pa.bool_(),  # settled: null unless workload.warmup_max
 }
+# Warm-up has settled when the last WARMUP_RUN calls' TTFTs lie within WARMUP_SETTLED of their median.
+# A fixed count is not enough for every engine: vLLM's prefill of batch 8 x 1k on the H200 took
+# 0.7-1.4 s on its first five calls at that shape and 0.11-0.12 s from the sixth on (its own `bench
+# latency`, LOG.md); 10% passes that steady state's spread and no slow-to-fast step.
+WARMUP_RUN, WARMUP_SETTLED = 3, 0.10
 # The columns `agreement` fills.
 AGREEMENT_COLUMNS: dict[str, pa.DataType] = {
     "agreement": pa.float64(), "agreement_positions": pa.int64(),
@@ -42,6 +48,24 @@ def _check(gen: Generation, batch: int, new_tokens: int, backend: Backend) -> No
                            f"({batch}, {new_tokens}) and {new_tokens - 1}")
 
 
+def settled(ttfts: list[float]) -> bool:
+    """Whether the last WARMUP_RUN TTFTs lie within WARMUP_SETTLED of their median."""
+    last = np.array(ttfts[-WARMUP_RUN:], dtype=np.float64)
+    return len(last) == WARMUP_RUN and bool(np.all(np.abs(last / np.median(last) - 1) <= WARMUP_SETTLED))
+
+
+def warm_up(backend: Backend, x: torch.Tensor, workload: Workload) -> tuple[int, bool | None]:
+    """`warmup` calls, then with `warmup_max` more until their TTFTs have settled. Returns the
+    number of calls and whether they settled (None without warmup_max: not looked at)."""
+    tokens = min(workload.new_tokens, workload.warmup_tokens)
+    ttfts = [backend.generate(x, tokens).ttft_ms for _ in range(workload.warmup)]
+    if not workload.warmup_max:
+        return len(ttfts), None
+    while not settled(ttfts) and len(ttfts) < workload.warmup_max:
+        ttfts.append(backend.generate(x, tokens).ttft_ms)
+    return len(ttfts), settled(ttfts)
+
+
 def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str, tel,
             phase: Callable[[str], None]) -> tuple[dict, list, object]:
     """Returns the point's measured columns, its samples rows [repeat, step, tpot_ms] and its
@@ -49,8 +73,7 @@ def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str
     B, C, N, R = workload.batch_size, workload.context_len, workload.new_tokens, workload.repeats
     x = prompts(spec, workload.seed, C, B)
     phase("warmup")
-    for _ in range(workload.warmup):
-        backend.generate(x, min(N, workload.warmup_tokens))
+    warmup_calls, warmup_settled = warm_up(backend, x, workload)
     phase("measure")
     gens, e2e = [], []
     with tel.point(point_id, profile=tel.profiles(point_id), categorize=backend.kernel_category) as pt:
@@ -73,6 +96,7 @@ def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str
         "tpot_ms_mean": float(steps.mean()), "tpot_ms_p50": float(p50), "tpot_ms_p90": float(p90),
         "tpot_ms_p99": float(p99), "decode_tok_s": B * 1e3 / float(steps.mean()), "e2e_ms": float(np.mean(e2e)),
         "cv": float(per_repeat.std(ddof=1) / per_repeat.mean()) if R > 1 else None,
+        "warmup_calls": warmup_calls, "warmup_settled": warmup_settled,
         **backend.memory(), **pt.columns(decode_tokens=R * B * (N - 1)), **backend.columns(),
     }
     samples = [[r, s + 1, float(v)] for r in range(R) for s, v in enumerate(steps[r])]
