@@ -126,8 +126,10 @@ def test_a_write_that_fails_mid_sweep_ends_in_one_line_with_the_resume_command(t
 
 def test_ctrl_c_ends_in_one_line_with_the_resume_command(tmp_path):
     search = fault_conf(tmp_path, slow={"step_ms": 100})
+    # 24 points, so that the sweep is still running when the signal comes on a busy machine (with 6,
+    # two test runs on 2 cores saw it finish first); it is interrupted after the first either way.
     proc = subprocess.Popen(bench_command(tmp_path, search, *FAULT_POINT, "backend=slow",
-                                          "workload.batch_size=1,2,3,4,5,6"),
+                                          "workload.batch_size=" + ",".join(map(str, range(1, 25)))),
                             env=bench_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
