@@ -20,7 +20,7 @@ bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardw
   workload.context_len=1024 workload.new_tokens=256 workload.repeats=3 "$@"; }
 # Full-length warm-up calls until their TTFTs settle (workload.warmup_max): vLLM's JIT monitor logged
 # Triton compilations of its MoE routing kernels inside measured requests after one 4-token warm-up,
-# and its own `bench latency` at batch 8 prefilled in 0.7-1.4 s for five calls, then in 0.11 s
+# and its own `bench latency` at batch 8 prefilled in 1.39, 0.15, 1.31, 1.37, 0.71 s, then in 0.11 s
 # (2026-12-03); `bench latency` itself gets 8 warm-up iterations. Both modes and `bench latency`
 # prefill in chunks of the same 16384 tokens (vLLM's offline default on an H200; its server's is
 # 8192), so their TTFTs compare.

@@ -31,8 +31,8 @@ LATENCY_COLUMNS: dict[str, pa.DataType] = {
 }
 # Warm-up has settled when the last WARMUP_RUN calls' TTFTs lie within WARMUP_SETTLED of their median.
 # A fixed count is not enough for every engine: vLLM's prefill of batch 8 x 1k on the H200 took
-# 0.7-1.4 s on its first five calls at that shape and 0.11-0.12 s from the sixth on (its own `bench
-# latency`, LOG.md); 10% passes that steady state's spread and no slow-to-fast step.
+# 1.39, 0.15, 1.31, 1.37 and 0.71 s on its first five calls at that shape and 0.11-0.12 s from the
+# sixth on (its own `bench latency`, LOG.md); 10% passes that steady state's spread and no slow-fast step.
 WARMUP_RUN, WARMUP_SETTLED = 3, 0.10
 # The columns `agreement` fills.
 AGREEMENT_COLUMNS: dict[str, pa.DataType] = {
