@@ -18,6 +18,7 @@ import yaml
 
 from harness.report.numbers import integer, number, percent, ratio
 from harness.report.runs import RunInfo, Runs
+from harness.runner.measure import WARMUP_RUN, WARMUP_SETTLED
 
 # Kernels that round differently flip a near-tie argmax now and then, so agreement of
 # AGREEMENT_WARN or more is a note; below it a warning.
@@ -375,8 +376,9 @@ def unsettled(p: pd.DataFrame) -> list[Finding]:
     for _, row in _order(ok[ok["warmup_settled"] == False]).iterrows():  # noqa: E712
         numbers = _shape_numbers(row) | {"warmup_calls": _num(row, "warmup_calls", integer)}
         out.append(Finding("unsettled", f"{_shape(row)}: {_engine(row)}'s warm-up did not settle in "
-                                        f"{integer(row['warmup_calls'])} calls (the last three TTFTs still differed "
-                                        f"by more than 10%): its TTFT may not be the steady state's.", numbers, {},
+                                        f"{integer(row['warmup_calls'])} calls (the last {WARMUP_RUN} TTFTs still differed "
+                                        f"by more than {percent(WARMUP_SETTLED)} from their median): its TTFT may not be "
+                                        f"the steady state's.", numbers, {},
                            "warning"))
     return out
 
