@@ -4,9 +4,9 @@
 # so that each 10-minute device call runs the ones it has time for; figures go to benchmarks/LOG.md.
 #
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
-#   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  paths (PATHS="marlin ..."
-#          to choose)  serve  openloop  latency (LATENCY="BATCHxOUT[@CHUNK] ...")  engine  gemv  llama
-#          tests (TESTS="tests/test_x.py ..." to choose files)
+#   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  peers120b  paths
+#          (PATHS="marlin ..." to choose, PATH_CAP=seconds each)  ttft  serve  openloop  latency
+#          (LATENCY="BATCHxOUT[@CHUNK] ...")  engine  gemv  llama  tests (TESTS="tests/test_x.py ...")
 #
 # The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
 # folders; `install` verifies and unpacks it. Worker groups of vLLM capture CUDA graphs only at the
@@ -49,9 +49,22 @@ for s in "$@"; do case $s in
   peers8k)  # context 8k (batch 256 x 8k would need 103 GB of KV cache beside 13 GB of weights)
     step 150 bench backend=triton_mxfp4 workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
     step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;
-  paths)  # vLLM's other MXFP4 MoE paths on sm_90
+  peers120b)  # 120b: its 61 GiB checkpoint fits the 64 GiB disk only once the 20b one is gone
+    rm -rf "$GPTOSS_BENCH_CACHE"/checkpoints/gpt-oss-20b-*
+    step 200 python3 -m harness.model.synthetic --model gpt-oss-120b | tee -a "$out/checkpoint.txt"
+    step 150 bench model=gpt-oss-120b backend=triton_mxfp4 -m workload.batch_size=1,8,64 run_id=peers120b-triton
+    step 330 vllm_bench model=gpt-oss-120b -m workload.batch_size=1,8,64 run_id=peers120b-vllm-auto;;
+  ttft)  # where vLLM's offline TTFT goes: at batch 8 it was 944 ms (TRITON MoE) against 171 ms
+    # (TRITON_UNFUSED) and 137 ms through its server (2026-12-03); vLLM's log of every core
+    # iteration (tokens of prefills and decodes, ms) beside TTFT_COLUMNS, with async scheduling
+    # (vLLM's default) and without
+    it='+backend.engine_args.enable_logging_iteration_details=true'
+    step 150 vllm_bench "$it" workload.batch_size=8 run_id=ttft-async
+    step 150 vllm_bench "$it" '+backend.engine_args.async_scheduling=false' workload.batch_size=8 run_id=ttft-sync;;
+  paths)  # vLLM's other MXFP4 MoE paths on sm_90 (FlashInfer's CUTLASS MoE compiles with nvcc on
+    # first use: more than 300 s on the H200, 2026-12-03)
     for p in ${PATHS:-marlin triton_unfused flashinfer_cutlass_bf16}; do
-      step 300 vllm_bench backend.moe_path=$p -m workload.batch_size=1,8,64,256 run_id=peers-vllm-$p allow_failed_points=true
+      step ${PATH_CAP:-300} vllm_bench backend.moe_path=$p -m workload.batch_size=1,8,64,256 run_id=peers-vllm-$p allow_failed_points=true
     done;;
   serve)  # vLLM's server, closed loop at concurrency = batch, SLO of MLPerf's interactive gpt-oss-120b
     step 330 serve -m workload.batch_size=1,8,64 run_id=serve-closed;;

@@ -32,6 +32,7 @@ Rules every backend follows:
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -48,6 +49,16 @@ Phases = Callable[[str], ContextManager]  # phases("prefill"): a context around 
 
 def no_phases(name: str) -> ContextManager:
     return contextlib.nullcontext()
+
+
+# Where an engine that logs to a file of its own (vLLM's processes, a server) keeps it: the run's logs
+# folder, set by the worker's parent, so a worker killed mid-start (a timeout, a stop signal) still
+# leaves the engine's log beside the group's; None (a temporary folder) outside a sweep.
+ENGINE_LOG_DIR = "GPTOSS_ENGINE_LOG_DIR"
+
+
+def engine_log_dir() -> str | None:
+    return os.environ.get(ENGINE_LOG_DIR)
 
 
 # The columns an engine fills through the contract: memory() and DoesNotFit.

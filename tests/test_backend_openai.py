@@ -18,6 +18,8 @@ from backends.openai_endpoint import OpenAIEndpoint
 from backends.openai_endpoint.load import RequestRecord, arrival_times
 from backends.openai_endpoint.metrics import serving_columns
 from backends.openai_endpoint.server import ServerError, ServerProcess, free_port
+from backends.vllm.log import EngineLog
+from harness.engine import ENGINE_LOG_DIR
 from backends.torch_ref import TorchRef
 from harness.model.spec import SPECS
 
@@ -191,6 +193,17 @@ def test_open_loop_follows_the_seeded_poisson_schedule(server, checkpoint):
     assert cols["duration_s"] >= schedule[-1]
 
 
+def test_an_open_loops_times_count_from_each_requests_own_sending(server, checkpoint):
+    # The last of 3 prompts arrives 0.53 s into the load: counted from the load's start, that wait
+    # would be the TTFT (9.2 s for 64 prompts at 8 req/s on the H200), not the server's latency.
+    backend = client(server, checkpoint, num_requests=3, request_rate=2.0)
+    gen = backend.generate(prompts(3), 3)
+    cols = backend.columns()
+    assert arrival_times(3, 2.0, seed=3)[-1] > 0.5
+    assert gen.ttft_ms < 500 and gen.ttft_ms == pytest.approx(cols["ttft_ms_p99"], rel=0.05)
+    assert len(gen.step_ms) == 2 and min(gen.step_ms) > 0
+
+
 def test_failed_requests_are_counted_and_a_prompt_left_unanswered_fails_the_point(server, checkpoint):
     backend = client(server, checkpoint, num_requests=4, concurrency=1)
     server.fail = {1}  # prompt 1's first request; its second (request 3) succeeds
@@ -236,6 +249,17 @@ def test_server_process_stops_its_whole_group(tmp_path):
     server.stop()
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)  # no process of the group is left
+
+
+def test_engine_logs_are_kept_in_the_folder_the_worker_names(tmp_path, monkeypatch):
+    # The worker names the run's logs folder, so an engine killed mid-start leaves its log there.
+    monkeypatch.setenv(ENGINE_LOG_DIR, str(tmp_path))
+    port = free_port()
+    server = ServerProcess("toy", [sys.executable, "-c", HEALTHY, port], port, ready_timeout_s=60)
+    log = EngineLog()
+    assert server.log_path.parent == tmp_path and os.path.dirname(log.path) == str(tmp_path)
+    log.close()
+    assert not os.path.exists(log.path)
 
 
 def test_server_that_dies_before_ready_raises_with_its_log(tmp_path):

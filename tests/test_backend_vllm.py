@@ -147,7 +147,12 @@ def test_offline_engine_at_two_batch_sizes(checkpoint, prompts, ref):
               f"torch_ref's greedy choice {greedy:.3f}")
         assert len(point["tokens"]) == batch and len(point["step_ms"]) == NEW_TOKENS - 1
         assert point["ttft_ms"] > 0 and min(point["step_ms"]) >= 0 and sum(point["step_ms"]) > 0
-        assert "MoE" in point["columns"]["engine_path"]  # e.g. "CPU Unquantized MoE; CPUUnquantizedExperts MoE"
+        cols = point["columns"]
+        assert "MoE" in cols["engine_path"]  # e.g. "CPU Unquantized MoE; CPUUnquantizedExperts MoE"
+        # the TTFT's parts, from the core's timestamps: each one inside the TTFT, together covering it
+        parts = [cols[k] for k in ("ttft_submit_ms", "ttft_queue_ms", "ttft_prefill_ms")]
+        assert min(parts) >= 0 and cols["ttft_prefill_ms"] > 0 and max(parts) <= point["ttft_ms"] + 1e-6
+        assert point["ttft_ms"] <= sum(parts) + 1e-6
 
 
 @pytest.mark.slow
@@ -166,6 +171,7 @@ def test_served_engine_then_its_death_mid_point(checkpoint, prompts, ref):
     # vLLM's own histograms of the same two requests: its TTFT starts at arrival, inside the client's
     assert 0 < cols["server_ttft_ms_mean"] <= cols["request_ttft_ms_mean"]
     assert cols["server_itl_ms_mean"] > 0 and cols["server_tpot_ms_mean"] > 0
+    assert cols["server_queue_ms_mean"] >= 0 and 0 < cols["server_prefill_ms_mean"] <= cols["server_ttft_ms_mean"]
     assert "vllm serve died with code -9" in out["error"]  # the killed server, named in the point's error
     with pytest.raises(ProcessLookupError):
         os.killpg(out["pgid"], 0)

@@ -124,7 +124,31 @@ def test_a_write_that_fails_mid_sweep_ends_in_one_line_with_the_resume_command(t
     assert 0 < len(kept) < 4 and not list(run.glob(".*.tmp"))
 
 
-def test_ctrl_c_ends_in_one_line_with_the_resume_command(tmp_path):
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc: the sweep's workers)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_a_stopped_sweep_ends_in_one_line_kills_its_worker_and_says_how_to_resume(tmp_path, sig, code, said):
+    # SIGTERM is what a CI timeout sends: without a handler the sweep died at once and its worker, in
+    # a session of its own, lived on holding the GPU.
     search = fault_conf(tmp_path, slow={"step_ms": 100})
     # 24 points, so that the sweep is still running when the signal comes on a busy machine (with 6,
     # two test runs on 2 cores saw it finish first); it is interrupted after the first either way.
@@ -137,12 +161,14 @@ def test_ctrl_c_ends_in_one_line_with_the_resume_command(tmp_path):
         if files and pq.read_table(files[0]).column("status").to_pylist().count("ok") >= 1:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    workers = _children(proc.pid)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     [run] = run_dirs(tmp_path)
-    assert proc.returncode == 130 and "Traceback" not in err
+    assert proc.returncode == code and "Traceback" not in err
+    assert workers and not [w for w in workers if _alive(w)]
     ok = int((pd.read_parquet(run / "points.parquet").status == "ok").sum())
-    assert err.strip().splitlines()[-1] == (f"gptoss-bench: interrupted; {ok} ok points are kept in {run}; "
+    assert err.strip().splitlines()[-1] == (f"gptoss-bench: {said}; {ok} ok points are kept in {run}; "
                                             f"`gptoss-bench resume={run}` runs the rest")
 
 

@@ -98,9 +98,13 @@ class OpenAIEndpoint(Backend):
             "concurrency": concurrency,
             **serving_columns(records, duration_s, {k: o[f"slo_{k}"] for k in ("ttft_ms", "tpot_ms", "e2el_ms")}),
         }
-        return self._generation(records, batch, new_tokens, start)
+        return self._generation(records, batch, new_tokens, start, own_clocks=o["request_rate"] is not None)
 
-    def _generation(self, records: list[RequestRecord], batch: int, new_tokens: int, start: float) -> Generation:
+    def _generation(self, records: list[RequestRecord], batch: int, new_tokens: int, start: float,
+                    own_clocks: bool = False) -> Generation:
+        """The batch-wide Generation from each prompt's first successful request; with `own_clocks`
+        (an open loop, whose requests arrive over seconds) each request's times count from its
+        own sending instead of from `start`."""
         ok = [r for r in records if r.ok]
         first = {}
         for r in ok:
@@ -114,7 +118,8 @@ class OpenAIEndpoint(Backend):
         answers = [first[i] for i in range(batch)]
         # A server that streams no token ids leaves the tokens unknown (-1): no agreement then.
         tokens = [r.token_ids if r.token_ids else [-1] * len(r.token_s) for r in answers]
-        return stamped_generation(tokens, [r.token_s for r in answers], start, new_tokens)
+        stamps = [[t - r.sent_s for t in r.token_s] if own_clocks else r.token_s for r in answers]
+        return stamped_generation(tokens, stamps, 0.0 if own_clocks else start, new_tokens)
 
     def columns(self) -> dict:
         """The serving load and its metrics, of the last generate (the point's last repeat)."""

@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from harness.engine import engine_log_dir
+
 HOST = "127.0.0.1"
 
 
@@ -69,7 +71,7 @@ class ServerProcess:
         self.name, self.command, self.port = name, [str(c) for c in command], port
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout_s, self.tail_lines = ready_timeout_s, tail_lines
-        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=log_dir)[1])
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=log_dir or engine_log_dir())[1])
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -10,7 +10,8 @@ produced it (`RequestOutput.metrics.last_token_ts`, CLOCK_MONOTONIC in the core 
 with the time `step()` returns here: the core runs ahead in its own process and its outputs queue
 up, so return times came in bursts (steps of 0.01 ms and of 48 ms on the H200 where the core's
 were ~3 ms). TTFT is the time until every sequence has its first token, and each later step the
-time until every sequence has its next one.
+time until every sequence has its next one. The core's own timestamps of each request (queued,
+first scheduled, first token) split the TTFT into TTFT_COLUMNS.
 """
 
 from __future__ import annotations
@@ -104,8 +105,23 @@ def _version() -> str:
     return f"vllm {vllm.__version__}"
 
 
+# Where an offline point's TTFT goes, from the core's per-request timestamps (the longest over the
+# batch, of the last repeat): handing the requests to the core (our add_request calls and the IPC),
+# waiting in its queue until first scheduled, and from then to the first token (the prefill steps,
+# and the decode steps of other requests interleaved with them).
+TTFT_COLUMNS = {"ttft_submit_ms": "float64", "ttft_queue_ms": "float64", "ttft_prefill_ms": "float64"}
+
+
+def ttft_parts(start: float, first: list[tuple[float, float, float]]) -> dict[str, float]:
+    """TTFT_COLUMNS from `start` and each request's (queued, scheduled, first token), one clock, s."""
+    return {"ttft_submit_ms": (max(q for q, _, _ in first) - start) * 1e3,
+            "ttft_queue_ms": max(s - q for q, s, _ in first) * 1e3,
+            "ttft_prefill_ms": max(t - s for _, s, t in first) * 1e3}
+
+
 class VLLM(Backend):
     parallel_keys = OFFLINE_PARALLEL
+    columns_schema = TTFT_COLUMNS
     engine_options = EngineOptions  # what **options takes (the sweep checks a point's keys against it)
 
     @classmethod
@@ -118,6 +134,7 @@ class VLLM(Backend):
         self.llm = None
         self.log = EngineLog()
         self._ids = itertools.count()
+        self._ttft: dict = {}
 
     def load(self, request: LoadRequest) -> None:
         moe = paths.installed_moe_path(self.engine.moe_path)
@@ -149,12 +166,15 @@ class VLLM(Backend):
         ids = [f"p{next(self._ids)}" for _ in range(prompts.shape[0])]
         tokens: dict[str, list[int]] = {i: [] for i in ids}
         stamps: dict[str, list[float]] = {i: [] for i in ids}
+        first: dict[str, tuple[float, float, float]] = {}
 
         def step():
             for out in engine.step():
-                new = out.outputs[0].token_ids
+                new, m = out.outputs[0].token_ids, out.metrics
+                if new and not stamps[out.request_id]:
+                    first[out.request_id] = (m.queued_ts, m.scheduled_ts, m.first_token_ts)
                 tokens[out.request_id] += new
-                stamps[out.request_id] += [out.metrics.last_token_ts] * len(new)
+                stamps[out.request_id] += [m.last_token_ts] * len(new)
 
         with phases("prefill"):
             start = time.monotonic()  # the clock of the core's stamps
@@ -165,10 +185,11 @@ class VLLM(Backend):
         with phases("decode"):
             while engine.has_unfinished_requests():
                 step()
+        self._ttft = ttft_parts(start, list(first.values()))
         return stamped_generation([tokens[i] for i in ids], [stamps[i] for i in ids], start, new_tokens)
 
     def columns(self) -> dict:
-        return {"engine_path": paths.engine_path(self.log.text())}
+        return {"engine_path": paths.engine_path(self.log.text()), **self._ttft}
 
     def memory(self) -> dict[str, float | None]:
         return paths.memory(self.log.text())
@@ -184,11 +205,15 @@ class VLLM(Backend):
 
 
 # vLLM's own histograms of a load's requests (its /metrics, Prometheus): the server-side TTFT
-# (arrival to first token), inter-token latency and per-request TPOT. Their means over the load,
-# beside what the client measured, are the cross-check of the server path's timing.
+# (arrival to first token), inter-token latency and per-request TPOT, and the TTFT's parts as the
+# offline mode's TTFT_COLUMNS have them (queued until first scheduled, scheduled to first token).
+# Their means over the load, beside what the client measured, are the cross-check of the server
+# path's timing.
 SERVER_HISTOGRAMS = {"server_ttft_ms_mean": "vllm:time_to_first_token_seconds",
                      "server_itl_ms_mean": "vllm:inter_token_latency_seconds",
-                     "server_tpot_ms_mean": "vllm:request_time_per_output_token_seconds"}
+                     "server_tpot_ms_mean": "vllm:request_time_per_output_token_seconds",
+                     "server_queue_ms_mean": "vllm:request_queue_time_seconds",
+                     "server_prefill_ms_mean": "vllm:request_prefill_time_seconds"}
 
 
 def histogram_totals(text: str) -> dict[str, tuple[float, float]]:

@@ -1,7 +1,7 @@
 """vLLM's own log, captured to a file: its engine runs in child processes that write to the
 stdout/stderr they inherit, so the descriptors are pointed at the file while the engine starts.
 What the file receives is copied on to our stderr (the worker's log) after the start and at the end,
-when the file is removed."""
+when the file is removed; a worker killed before that leaves the file in the run's logs folder."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import os
 import sys
 import tempfile
 
+from harness.engine import engine_log_dir
+
 
 class EngineLog:
     def __init__(self, prefix: str = "vllm-"):
-        fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".log")
+        fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=engine_log_dir())
         os.close(fd)
         self._copied = 0
 

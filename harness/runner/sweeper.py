@@ -7,14 +7,15 @@ the other, or, with a launcher of another kind (submitit: SLURM or local process
 launcher job per group. At the end: a summary table, the HTML report, a last line saying where
 both are, and an exit code a nightly job can act on.
 
-Faults of the sweep itself (Ctrl-C, a full disk, a read-only folder, a second sweep on the same
-run) end in one line that says what happened, what was kept and how to go on.
+Faults of the sweep itself (Ctrl-C, a stop signal, a full disk, a read-only folder, a second sweep
+on the same run) end in one line that says what happened, what was kept and how to go on.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -34,12 +35,29 @@ from harness.runner.terminal import SweepProgress, console, summary
 log = logging.getLogger(__name__)
 RESUME_KEYS = {"resume", "run_id", "results_dir", "reports_dir"}  # what a resume may say besides the stored sweep
 RERUN_KEYS = RESUME_KEYS | {"rerun", "only"}
+# What a CI job's timeout (`timeout`, a runner's cancel) and a closed terminal send. Python's default
+# for them ends the process at once, and the workers, each in a session of its own, would live on
+# holding the GPU (seen on the H200: the next engine found 17 GB taken); as an exception they unwind
+# like Ctrl-C, which kills the worker and keeps what was measured.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
 
 
 def sweep(sweeper, arguments: list[str]) -> None:
     """validate -> groups -> workers -> rows -> report -> exit code."""
     cfg = sweeper.config
     run = None
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stopped)
     try:
         run, points = _run_folder(cfg, sweeper.hydra_context.config_loader, sweeper.params, arguments)
         with run.exclusive():
@@ -48,8 +66,12 @@ def sweep(sweeper, arguments: list[str]) -> None:
         _stop(str(e), 2)  # the message is the whole story: no traceback
     except KeyboardInterrupt:
         _stop(f"interrupted; {_kept(run)}", 130)
+    except Stopped as e:
+        _stop(f"stopped by {e}; {_kept(run)}", 128 + e.signum)
     except OSError as e:
         _stop(f"{_os_error(e)}; {_kept(run)}", 1)
+    for sig in STOP_SIGNALS:  # every worker is gone: the summary and the report need no unwinding
+        signal.signal(sig, signal.SIG_DFL)
     rows = load(run.path)
     rows = rows[rows.point_id.isin([p.point_id for p in points])]
     for part in summary(rows, points[0].config.agreement.reference.name):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import harness
+from harness.engine import ENGINE_LOG_DIR
 from harness.runner import messages as M
 
 REPO_ROOT = Path(harness.__file__).resolve().parents[1]
@@ -46,6 +47,7 @@ class WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
+        env[ENGINE_LOG_DIR] = str(log_path.parent)
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [python or sys.executable, "-m", "harness.runner.worker", str(cmd_r), str(rec_w)],
