@@ -81,7 +81,7 @@ def test_settled_needs_three_calls_within_ten_percent():
     assert not settled([20.0, 21.0, 25.0])
     assert Workload(**{**WORKLOAD.__dict__, "warmup_max": 2}).problems() == [
         "workload.warmup_max=2: must be 0 (exactly workload.warmup calls) or at least max(workload.warmup, 3) "
-        "(settling compares the last three calls)"]
+        "(settling compares the last 3 calls)"]
 
 
 def test_agreement_is_teacher_forced_against_the_reference(worker):

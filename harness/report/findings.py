@@ -18,7 +18,7 @@ import yaml
 
 from harness.report.numbers import integer, number, percent, ratio
 from harness.report.runs import RunInfo, Runs
-from harness.runner.measure import WARMUP_RUN, WARMUP_SETTLED
+from harness.config import WARMUP_RUN, WARMUP_SETTLED
 
 # Kernels that round differently flip a near-tie argmax now and then, so agreement of
 # AGREEMENT_WARN or more is a note; below it a warning.

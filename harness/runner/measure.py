@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from harness.config import Workload
+from harness.config import WARMUP_RUN, WARMUP_SETTLED, Workload
 from harness.engine import Backend, Generation
 from harness.model.spec import ModelSpec
 from harness.runner.prompts import prompts
@@ -29,11 +29,6 @@ LATENCY_COLUMNS: dict[str, pa.DataType] = {
     "decode_tok_s": pa.float64(), "e2e_ms": pa.float64(), "cv": pa.float64(),
     "warmup_calls": pa.int64(), "warmup_settled": pa.bool_(),  # settled: null unless workload.warmup_max
 }
-# Warm-up has settled when the last WARMUP_RUN calls' TTFTs lie within WARMUP_SETTLED of their median.
-# A fixed count is not enough for every engine: vLLM's prefill of batch 8 x 1k on the H200 took
-# 1.39, 0.15, 1.31, 1.37 and 0.71 s on its first five calls at that shape and 0.11-0.12 s from the
-# sixth on (its own `bench latency`, LOG.md); 10% passes that steady state's spread and no slow-fast step.
-WARMUP_RUN, WARMUP_SETTLED = 3, 0.10
 # The columns `agreement` fills.
 AGREEMENT_COLUMNS: dict[str, pa.DataType] = {
     "agreement": pa.float64(), "agreement_positions": pa.int64(),
