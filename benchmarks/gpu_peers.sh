@@ -25,8 +25,10 @@ bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardw
 # prefill in chunks of the same 16384 tokens (vLLM's offline default on an H200; its server's is
 # 8192), so their TTFTs compare.
 CHUNK=16384
+# Every vLLM point is profiled (vLLM's own profiler in its engine core: kernels.parquet, traces/).
 vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' \
-  backend.max_num_batched_tokens=$CHUNK workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 "$@"; }
+  backend.max_num_batched_tokens=$CHUNK workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 \
+  telemetry.profile=all "$@"; }
 serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=2000 backend.slo_tpot_ms=15 \
   backend.max_num_batched_tokens=$CHUNK 'backend.serve_args=["--cudagraph-capture-sizes","1","8","64"]' \
   workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 "$@"; }
@@ -47,19 +49,20 @@ for s in "$@"; do case $s in
     [[ " ${ENGINES:-triton vllm} " == *" triton "* ]] && step 150 bench backend=triton_mxfp4 -m workload.batch_size=$b run_id=peers-triton$tag
     [[ " ${ENGINES:-triton vllm} " == *" vllm "* ]] && step 330 vllm_bench -m workload.batch_size=$b run_id=peers-vllm-auto$tag;;
   peers8k)  # context 8k (batch 256 x 8k would need 103 GB of KV cache beside 13 GB of weights)
-    step 150 bench backend=triton_mxfp4 workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
+    step 150 bench backend=triton_mxfp4 telemetry.profile=all workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
     step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;
   peers120b)  # 120b: its 61 GiB checkpoint fits the 64 GiB disk only once the 20b one is gone
     rm -rf "$GPTOSS_BENCH_CACHE"/checkpoints/gpt-oss-20b-*
     step 200 python3 -m harness.model.synthetic --model gpt-oss-120b | tee -a "$out/checkpoint.txt"
-    step 150 bench model=gpt-oss-120b backend=triton_mxfp4 -m workload.batch_size=1,8,64 run_id=peers120b-triton
+    step 150 bench model=gpt-oss-120b backend=triton_mxfp4 telemetry.profile=all -m workload.batch_size=1,8,64 run_id=peers120b-triton
     step 330 vllm_bench model=gpt-oss-120b -m workload.batch_size=1,8,64 run_id=peers120b-vllm-auto;;
   ttft)  # where vLLM's offline TTFT goes: at batch 8 it was 944 ms (TRITON MoE) against 171 ms
     # (TRITON_UNFUSED) and 137 ms through its server (2026-12-03); vLLM's log of every core
-    # iteration (tokens of prefills and decodes, ms) beside TTFT_COLUMNS, with async scheduling
+    # iteration (tokens of prefills and decodes, ms) beside TTFT_COLUMNS and the profiled window's
+    # kernels; requests of 2 tokens beside 256 (`bench latency` asks for 1); with async scheduling
     # (vLLM's default) and without
     it='+backend.engine_args.enable_logging_iteration_details=true'
-    step 150 vllm_bench "$it" workload.batch_size=8 run_id=ttft-async
+    step 330 vllm_bench "$it" -m workload.batch_size=1,8,64 workload.new_tokens=2,256 run_id=ttft-async
     step 150 vllm_bench "$it" '+backend.engine_args.async_scheduling=false' workload.batch_size=8 run_id=ttft-sync;;
   paths)  # vLLM's other MXFP4 MoE paths on sm_90 (FlashInfer's CUTLASS MoE compiles with nvcc on
     # first use: more than 300 s on the H200, 2026-12-03)

@@ -36,6 +36,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import pyarrow as pa
@@ -118,6 +119,14 @@ class Backend(ABC):
     def columns(self) -> dict:
         """Columns of the last point beyond the measured ones (e.g. engine_path: which kernels ran)."""
         return {}
+
+    def profiler(self, trace: Path) -> ContextManager[None] | None:
+        """For an engine whose kernels run in processes of its own (vLLM's engine core, a server): a
+        context around the profiled generate that profiles them and, on leaving, writes their
+        Chrome trace to `trace` (gzipped) with each engine step inside a user_annotation range
+        named after its phase ('prefill', 'decode'). None: the harness's torch.profiler, in the
+        worker's process, sees the engine's kernels."""
+        return None
 
     def kernel_category(self, kernel_name: str) -> str | None:
         """The category of one profiled kernel (see harness.telemetry), or None for the shared rules."""

@@ -23,6 +23,7 @@ from harness.engine import DoesNotFit, LoadRequest, StepBackend
 
 class FaultBackend(StepBackend):
     quants = ("mxfp4",)
+    columns_schema = {"prefills": "int64"}  # prefills so far: which call a point's columns describe
 
     def __init__(self, faults: dict | None = None, does_not_fit: bool = False, step_ms: float = 0.2,
                  prefill_ms: list | None = None):
@@ -54,6 +55,9 @@ class FaultBackend(StepBackend):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         time.sleep(self.options["step_ms"] / 1e3)
         return (tokens * 31 + 7) % self.vocab
+
+    def columns(self) -> dict:
+        return {"prefills": self.prefills}
 
     def version(self) -> str:
         return "fault 1"

