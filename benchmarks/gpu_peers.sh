@@ -56,14 +56,14 @@ for s in "$@"; do case $s in
     step 200 python3 -m harness.model.synthetic --model gpt-oss-120b | tee -a "$out/checkpoint.txt"
     step 150 bench model=gpt-oss-120b backend=triton_mxfp4 telemetry.profile=all -m workload.batch_size=1,8,64 run_id=peers120b-triton
     step 330 vllm_bench model=gpt-oss-120b -m workload.batch_size=1,8,64 run_id=peers120b-vllm-auto;;
-  ttft)  # where vLLM's offline TTFT goes: at batch 8 it was 944 ms (TRITON MoE) against 171 ms
-    # (TRITON_UNFUSED) and 137 ms through its server (2026-12-03); vLLM's log of every core
-    # iteration (tokens of prefills and decodes, ms) beside TTFT_COLUMNS and the profiled window's
-    # kernels; requests of 2 tokens beside 256 (`bench latency` asks for 1); with async scheduling
-    # (vLLM's default) and without
-    it='+backend.engine_args.enable_logging_iteration_details=true'
-    step 330 vllm_bench "$it" -m workload.batch_size=1,8,64 workload.new_tokens=2,256 run_id=ttft-async
-    step 150 vllm_bench "$it" '+backend.engine_args.async_scheduling=false' workload.batch_size=8 run_id=ttft-sync;;
+  ttft)  # offline vLLM's TTFT with each point's batch admitted together (backend.admit=batch, the
+    # default) and streamed into the running engine one by one (as LLM.generate does), every Triton
+    # JIT compilation logged with its key (jit_monitor_verbose: vLLM names a kernel only once
+    # otherwise); the batch-8 traces come back for the idle GPU time of streamed prefills
+    v='+backend.engine_args.jit_monitor_verbose=true'
+    step 280 vllm_bench "$v" backend.admit=batch -m workload.batch_size=1,8,64 run_id=ttft-batch
+    step 200 vllm_bench "$v" backend.admit=stream workload.batch_size=8 run_id=ttft-stream
+    (cd "$res" && tar czf "$out/ttft-traces.tgz" ttft-*/traces/*-b8-*.json.gz);;
   paths)  # vLLM's other MXFP4 MoE paths on sm_90 (FlashInfer's CUTLASS MoE compiles with nvcc on
     # first use: more than 300 s on the H200, 2026-12-03)
     for p in ${PATHS:-marlin triton_unfused flashinfer_cutlass_bf16}; do

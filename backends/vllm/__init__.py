@@ -4,14 +4,22 @@ Both run in vLLM's own interpreter (the yaml's `python:`), both load the checkpo
 with token-id prompts (no tokenizer) and exactly `new_tokens` greedy tokens per sequence, and
 both record the MoE path vLLM chose, from its log, as `engine_path`.
 
-Offline, the point's prompts go to the engine together and its steps are run here, one
-`step()` at a time. Every output token is stamped with the engine core's own time of the step that
-produced it (`RequestOutput.metrics.last_token_ts`, CLOCK_MONOTONIC in the core process), not
-with the time `step()` returns here: the core runs ahead in its own process and its outputs queue
-up, so return times came in bursts (steps of 0.01 ms and of 48 ms on the H200 where the core's
-were ~3 ms). TTFT is the time until every sequence has its first token, and each later step the
-time until every sequence has its next one. The core's own timestamps of each request (queued,
-first scheduled, first token) split the TTFT into TTFT_COLUMNS. A profiled point's kernels come from
+Offline, the point's prompts enter the engine together (`admit: batch`): its scheduler is paused
+while they are added and resumed once all are in, and TTFT counts from that resume. Added one by
+one to a running engine (`admit: stream`, as `LLM.generate` does), the first request starts
+prefilling alone and the rest follow in steps whose token counts change from call to call: on the
+H200 such prefills left the GPU idle for 0.7-6.5 s of host time (the profiled prefill's kernels took
+~0.1 s), settling only after many calls, and vLLM's JIT monitor (which names a kernel once) had
+logged new compilations of its MXFP4 MoE's routing kernels. A whole batch is one step shape, which
+the warm-up covers.
+
+Its steps are then run here, one `step()` at a time. Every output token is stamped with the
+engine core's own time of the step that produced it (`RequestOutput.metrics.last_token_ts`,
+CLOCK_MONOTONIC in the core process), not with the time `step()` returns here: the core runs ahead
+in its own process and its outputs queue up, so return times came in bursts (steps of 0.01 ms and
+of 48 ms on the H200 where the core's were ~3 ms). TTFT is the time until every sequence has its first token, and each later step the
+time until every sequence has its next one. The core's own timestamps of each request (first
+scheduled, first token) split the TTFT into TTFT_COLUMNS. A profiled point's kernels come from
 vLLM's own profiler in the engine core (backends.vllm.profile), in both modes.
 """
 
@@ -109,17 +117,22 @@ def _version() -> str:
 
 
 # Where an offline point's TTFT goes, from the core's per-request timestamps (the longest over the
-# batch, of the last repeat): handing the requests to the core (our add_request calls and the IPC),
-# waiting in its queue until first scheduled, and from then to the first token (the prefill steps,
-# and the decode steps of other requests interleaved with them).
-TTFT_COLUMNS = {"ttft_submit_ms": "float64", "ttft_queue_ms": "float64", "ttft_prefill_ms": "float64"}
+# batch, of the last repeat): from the scheduler's resume until first scheduled (waiting for the
+# prefill chunks ahead of it), and from then to the first token (its prefill steps, and the steps of
+# other requests interleaved with them). Beside them, outside the TTFT: submit_ms, the time the
+# batch took to be added (our add_request calls, the scheduler paused; 0 with admit: stream, whose
+# TTFT clock starts at the first add).
+TTFT_COLUMNS = {"submit_ms": "float64", "ttft_queue_ms": "float64", "ttft_prefill_ms": "float64"}
 
 
-def ttft_parts(start: float, first: list[tuple[float, float, float]]) -> dict[str, float]:
-    """TTFT_COLUMNS from `start` and each request's (queued, scheduled, first token), one clock, s."""
-    return {"ttft_submit_ms": (max(q for q, _, _ in first) - start) * 1e3,
-            "ttft_queue_ms": max(s - q for q, s, _ in first) * 1e3,
-            "ttft_prefill_ms": max(t - s for _, s, t in first) * 1e3}
+ADMIT = ("batch", "stream")
+
+
+def ttft_parts(added: float, start: float, first: list[tuple[float, float]]) -> dict[str, float]:
+    """TTFT_COLUMNS from the time adding began, the resume (`start`) and each request's (first
+    scheduled, first token), one clock, s."""
+    return {"submit_ms": (start - added) * 1e3, "ttft_queue_ms": max(s - start for s, _ in first) * 1e3,
+            "ttft_prefill_ms": max(t - s for s, t in first) * 1e3}
 
 
 class VLLM(Backend):
@@ -131,8 +144,10 @@ class VLLM(Backend):
     def problems(cls, quant: str, device: str, options: dict) -> list[str]:
         return _problems(quant, device)
 
-    def __init__(self, engine_args: dict | None = None, **options):
-        super().__init__(engine_args=engine_args, **options)
+    def __init__(self, engine_args: dict | None = None, admit: str = "batch", **options):
+        if admit not in ADMIT:
+            raise ValueError(f"admit={admit!r}: expected {' or '.join(ADMIT)}")
+        super().__init__(engine_args=engine_args, admit=admit, **options)
         self.engine = EngineOptions(**options)
         self.llm = None
         self.log = EngineLog()
@@ -172,26 +187,32 @@ class VLLM(Backend):
         ids = [f"p{next(self._ids)}" for _ in range(prompts.shape[0])]
         tokens: dict[str, list[int]] = {i: [] for i in ids}
         stamps: dict[str, list[float]] = {i: [] for i in ids}
-        first: dict[str, tuple[float, float, float]] = {}
+        first: dict[str, tuple[float, float]] = {}
 
         def step():
             for out in engine.step():
                 new, m = out.outputs[0].token_ids, out.metrics
                 if new and not stamps[out.request_id]:
-                    first[out.request_id] = (m.queued_ts, m.scheduled_ts, m.first_token_ts)
+                    first[out.request_id] = (m.scheduled_ts, m.first_token_ts)
                 tokens[out.request_id] += new
                 stamps[out.request_id] += [m.last_token_ts] * len(new)
 
+        core, together = engine.engine_core, self.options["admit"] == "batch"
         with phases("prefill"):
-            start = time.monotonic()  # the clock of the core's stamps
+            if together:
+                core.call_utility("pause_scheduler", "keep", False)  # requests queue, nothing is scheduled
+            added = time.monotonic()  # the clock of the core's stamps
             for rid, prompt in zip(ids, prompts.tolist()):
                 engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), params)
+            start = time.monotonic() if together else added
+            if together:
+                core.call_utility("resume_scheduler")
             while not all(stamps.values()):
                 step()
         with phases("decode"):
             while engine.has_unfinished_requests():
                 step()
-        self._ttft = ttft_parts(start, list(first.values()))
+        self._ttft = ttft_parts(added, start, list(first.values()))
         return stamped_generation([tokens[i] for i in ids], [stamps[i] for i in ids], start, new_tokens)
 
     def profiler(self, trace):
