@@ -42,7 +42,8 @@ for s in "$@"; do case $s in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       .whl/*.whl .whl/*.tar.gz
     python3 -c "import vllm, hydra, plotly; print('vllm', vllm.__version__)"
-    step 240 python3 -m harness.model.synthetic --model gpt-oss-20b | tee "$out/checkpoint.txt";;
+    # the 20b checkpoint, unless CHECKPOINT=none (a call that goes on to peers120b, which deletes it)
+    [ "${CHECKPOINT:-}" = none ] || step 240 python3 -m harness.model.synthetic --model gpt-oss-20b | tee "$out/checkpoint.txt";;
   peers)  # issue 15 item 2 / issue 16: both engines on the same checkpoint, context 1k
     # (ENGINES="triton vllm" and BATCHES=1,8,64,256 to choose; a subset gets a run folder of its own)
     b=${BATCHES:-1,8,64,256}; tag=${BATCHES:+-b${b//,/-}}
@@ -52,10 +53,11 @@ for s in "$@"; do case $s in
     step 150 bench backend=triton_mxfp4 telemetry.profile=all workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
     step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;
   peers120b)  # 120b: its 61 GiB checkpoint fits the 64 GiB disk only once the 20b one is gone
+    # (ENGINES="triton vllm" to choose; vLLM's group needs ~2 min to start with 61 GiB of weights)
     rm -rf "$GPTOSS_BENCH_CACHE"/checkpoints/gpt-oss-20b-*
     step 200 python3 -m harness.model.synthetic --model gpt-oss-120b | tee -a "$out/checkpoint.txt"
-    step 150 bench model=gpt-oss-120b backend=triton_mxfp4 telemetry.profile=all -m workload.batch_size=1,8,64 run_id=peers120b-triton
-    step 330 vllm_bench model=gpt-oss-120b -m workload.batch_size=1,8,64 run_id=peers120b-vllm-auto;;
+    [[ " ${ENGINES:-triton vllm} " == *" triton "* ]] && step 150 bench model=gpt-oss-120b backend=triton_mxfp4 telemetry.profile=all -m workload.batch_size=1,8,64 run_id=peers120b-triton
+    [[ " ${ENGINES:-triton vllm} " == *" vllm "* ]] && step 420 vllm_bench model=gpt-oss-120b -m workload.batch_size=1,8,64 run_id=peers120b-vllm-auto;;
   ttft)  # offline vLLM's TTFT with each point's batch admitted together (backend.admit=batch, the
     # default) and streamed into the running engine one by one (as LLM.generate does), every Triton
     # JIT compilation logged with its key (jit_monitor_verbose: vLLM names a kernel only once

@@ -14,7 +14,7 @@ import yaml
 from markupsafe import escape
 
 from harness.report import figures, write_report
-from harness.report.findings import KINDS, NOISY_CV, findings
+from harness.report.findings import HOST_BOUND, KINDS, NOISY_CV, findings
 from harness.report.runs import load_runs
 from harness.results import POINT_COLUMNS, to_table, write_atomic
 
@@ -51,6 +51,15 @@ def _point(run_id, backend, model, quant, weights_gib, speed, batch, ctx, calibr
     return row
 
 
+# kernels.parquet rows of the recorded run's profiled points (launch_gap: the GPU idle)
+PROFILED = [("vllm-gpt-oss-20b-mxfp4-b8-c128-n32", "prefill", "_matmul_ogs_NNT_bf16xbf16xmxfp4", "moe_gemm", 24, 80.0),
+            ("vllm-gpt-oss-20b-mxfp4-b8-c128-n32", "prefill", "launch_gap", "launch_gap", 300, 2221.0),
+            ("vllm-gpt-oss-20b-mxfp4-b8-c128-n32", "decode", "_matmul_ogs_NNT_bf16xbf16xmxfp4", "moe_gemm", 768, 96.0),
+            ("vllm-gpt-oss-20b-mxfp4-b8-c128-n32", "decode", "launch_gap", "launch_gap", 400, 16.0),
+            ("triton_mxfp4-gpt-oss-20b-mxfp4-b1-c128-n32", "decode", "_gemv_kernel", "moe_gemm", 48, 60.0),
+            ("triton_mxfp4-gpt-oss-20b-mxfp4-b1-c128-n32", "decode", "launch_gap", "launch_gap", 282, 60.0)]
+
+
 def record_run(root, run_id="20261203T100000Z", calibrated=True, faults=True, measured=True):
     """A run folder as the sweep leaves it. `faults` adds a failed, a timed-out, a throttled, a
     noisy, a disagreeing and an unsettled point; `measured=False` nulls what a CPU run cannot measure."""
@@ -77,6 +86,9 @@ def record_run(root, run_id="20261203T100000Z", calibrated=True, faults=True, me
     # a run from before calibration has no mbu_datasheet column at all
     columns = {c: t for c, t in POINT_COLUMNS.items() if calibrated or not c.endswith("_datasheet")}
     write_atomic(to_table(pd.DataFrame(rows), columns), path / "points.parquet")
+    if faults:  # two profiled points: a prefill the host held up, and phases the kernels filled
+        pd.DataFrame(PROFILED, columns=["point_id", "phase", "kernel", "category", "calls", "total_ms"]).to_parquet(
+            path / "kernels.parquet")
     groups = {r["group"]: dict(device="cuda:0", gpu_name=GPU, compute_capability="9.0", cpu_model="Intel Xeon")
               for r in rows}
     (path / "env.json").write_text(json.dumps(dict(gpu_name=GPU, gpu_count=1, gpus=[dict(name=GPU, memory_gib=CAPACITY_GIB)],
@@ -220,10 +232,20 @@ def test_paths_failures_throttling_disagreement_and_noise(run):
         {(p, n) for (_, p), n in recorded.groupby(["model", "engine_path"]).size().items()}
 
 
+def test_host_bound_phases_are_those_mostly_idle(run):
+    found = [f for f in findings(load_runs([run])) if f.kind == "host"]
+    kernels = pd.DataFrame(PROFILED, columns=["point_id", "phase", "kernel", "category", "calls", "total_ms"])
+    phases = kernels.groupby(["point_id", "phase"]).apply(
+        lambda g: g.loc[g.kernel == "launch_gap", "total_ms"].sum() / g.total_ms.sum(), include_groups=False)
+    assert [f.quotes["phase"].value for f in found] == ["prefill"]  # 96.5% idle; 50.0% is not above
+    assert set(phases[phases > HOST_BOUND].index) == {("vllm-gpt-oss-20b-mxfp4-b8-c128-n32", "prefill")}
+    assert "vllm mxfp4's profiled prefill left the GPU idle 96.5% of its 2,301 ms (2,221 ms idle)" in found[0].text
+
+
 def test_no_sentence_for_absent_data(tmp_path):
     found = findings(load_runs([record_run(tmp_path, faults=False, measured=False)]))
     kinds = {f.kind for f in found}
-    assert kinds & {"mbu", "path", "throttled", "disagrees", "noisy", "unsettled"} == set()
+    assert kinds & {"mbu", "path", "throttled", "disagrees", "noisy", "unsettled", "host"} == set()
     quant = [f for f in found if f.kind == "quant"]
     assert quant and all(set(f.numbers) & {"memory", "energy"} == set() for f in quant)
     assert all("energy" not in f.text and "weights" not in f.text for f in quant)

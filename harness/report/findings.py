@@ -3,7 +3,7 @@
 The figures show everything; these sentences say what a reader would otherwise have to find in
 them: what ran on which weights and device, the fastest engine at each shape and by how much,
 how close batch 1 came to the memory-bandwidth ceiling, MXFP4 against bf16, which MXFP4 path each
-engine took, and every point that did not run, throttled, disagreed with the reference or whose
+engine took, which profiled phases the host held up, and every point that did not run, throttled, disagreed with the reference or whose
 repeats spread. Each sentence is a Finding that carries the numbers it states and the
 points.parquet cells they are, so a test holds every sentence to the table. A sentence is written
 only for data that is there: a null column says nothing (never "0").
@@ -19,6 +19,7 @@ import yaml
 from harness.report.numbers import integer, number, percent, ratio
 from harness.report.runs import RunInfo, Runs
 from harness.config import WARMUP_RUN, WARMUP_SETTLED
+from harness.telemetry.kernel_categories import LAUNCH_GAP
 
 # Kernels that round differently flip a near-tie argmax now and then, so agreement of
 # AGREEMENT_WARN or more is a note; below it a warning.
@@ -28,6 +29,10 @@ AGREEMENT_WARN = 0.9
 # harness is used to tell apart, so a point above it cannot rank them: it is called noisy.
 NOISY_CV = 0.05
 MXFP4, BF16 = "mxfp4", "bf16"
+# A profiled phase whose GPU sat idle (its launch_gap line) for more than this share of it was set
+# by the host (launches, scheduling, compilation), not by its kernels: faster kernels would not
+# shorten it. (vLLM's streamed batch-8 prefills on the H200: 95% idle; decode with CUDA graphs: 2-10%.)
+HOST_BOUND = 0.5
 
 # kind -> the heading its sentences are listed under, in the page's order: what ran, then what to
 # distrust (read before the numbers it qualifies), then the results
@@ -42,6 +47,7 @@ KINDS = {
     "mbu": "Memory bandwidth at batch 1",
     "quant": "MXFP4 against bf16",
     "path": "MXFP4 path each engine took",
+    "host": "Profiled phases the host held up",
 }
 
 
@@ -301,6 +307,29 @@ def paths(p: pd.DataFrame) -> list[Finding]:
     return out
 
 
+def host(p: pd.DataFrame, kernels: pd.DataFrame | None) -> list[Finding]:
+    """Profiled phases (kernels.parquet) whose GPU was idle more than HOST_BOUND of the time."""
+    if kernels is None or kernels.empty:
+        return []
+    out = []
+    by_point = _order(_ok(p)).set_index("point_id", drop=False)
+    phases = kernels.groupby(["point_id", "phase"], sort=False)
+    for (point_id, phase), g in phases:
+        if point_id not in by_point.index:
+            continue
+        total, idle = float(g["total_ms"].sum()), float(g.loc[g["kernel"] == LAUNCH_GAP, "total_ms"].sum())
+        if not total or idle / total <= HOST_BOUND:
+            continue
+        row = by_point.loc[point_id]
+        numbers = _shape_numbers(row) | {"idle_ms": Number(idle, number(idle)), "phase_ms": Number(total, number(total)),
+                                         "share": Number(idle / total, percent(idle / total))}
+        out.append(Finding("host", f"{_shape(row)}: {_engine(row)}'s profiled {phase} left the GPU idle "
+                                   f"{percent(idle / total)} of its {number(total)} ms ({number(idle)} ms idle): the host "
+                                   f"(launches, scheduling, compilation), not the kernels, set its time.", numbers,
+                           {"phase": Quote(str(phase))}, "note"))
+    return out
+
+
 # ---- what to distrust ----------------------------------------------------------------------------
 # failures before points that did not fit (here and in the points table), so a folded list never
 # hides an error
@@ -390,7 +419,8 @@ def findings(runs: Runs) -> list[Finding]:
     for info in runs.infos:
         p = runs.points[runs.points["run"] == info.label]
         found = [*setup(info, p), *failed(p), *throttled(p), *disagrees(p), *noisy(p), *unsettled(p), *fastest(p),
-                 *mbu(p, info.mbu_ceiling), *quant(p), *paths(p)]
+                 *mbu(p, info.mbu_ceiling), *quant(p), *paths(p),
+                 *host(p, None if runs.kernels is None else runs.kernels[runs.kernels["run"] == info.label])]
         if len(runs.infos) > 1:
             found = [f if f.kind == "setup" else Finding(f.kind, f"{info.label} · {f.text}", f.numbers, f.quotes, f.level)
                      for f in found]
