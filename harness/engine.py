@@ -117,7 +117,8 @@ class Backend(ABC):
         return ""
 
     def columns(self) -> dict:
-        """Columns of the last point beyond the measured ones (e.g. engine_path: which kernels ran)."""
+        """Columns beyond the measured ones, of the last generate call (e.g. engine_path: which kernels
+        ran); the harness reads them after a point's measured repeats."""
         return {}
 
     def profiler(self, trace: Path) -> ContextManager[None] | None:

@@ -17,10 +17,11 @@ Its steps are then run here, one `step()` at a time. Every output token is stamp
 engine core's own time of the step that produced it (`RequestOutput.metrics.last_token_ts`,
 CLOCK_MONOTONIC in the core process), not with the time `step()` returns here: the core runs ahead
 in its own process and its outputs queue up, so return times came in bursts (steps of 0.01 ms and
-of 48 ms on the H200 where the core's were ~3 ms). TTFT is the time until every sequence has its first token, and each later step the
-time until every sequence has its next one. The core's own timestamps of each request (first
-scheduled, first token) split the TTFT into TTFT_COLUMNS. A profiled point's kernels come from
-vLLM's own profiler in the engine core (backends.vllm.profile), in both modes.
+of 48 ms on the H200 where the core's were ~3 ms). TTFT is the time until every sequence has its
+first token, and each later step the time until every sequence has its next one. The core's own
+timestamps of each request (first scheduled, first token) split the TTFT into TTFT_COLUMNS. A
+profiled point's kernels come from vLLM's own profiler in the engine core (backends.vllm.profile),
+in both modes.
 """
 
 from __future__ import annotations
@@ -237,8 +238,8 @@ class VLLM(Backend):
 
 
 # vLLM's own histograms of a load's requests (its /metrics, Prometheus): the server-side TTFT
-# (arrival to first token), inter-token latency and per-request TPOT, and the TTFT's parts as the
-# offline mode's TTFT_COLUMNS have them (queued until first scheduled, scheduled to first token).
+# (arrival to first token), inter-token latency and per-request TPOT, and the TTFT's two parts that
+# the offline mode's TTFT_COLUMNS also have (waiting until first scheduled, scheduled to first token).
 # Their means over the load, beside what the client measured, are the cross-check of the server
 # path's timing.
 SERVER_HISTOGRAMS = {"server_ttft_ms_mean": "vllm:time_to_first_token_seconds",
@@ -300,7 +301,8 @@ class VLLMServe(OpenAIEndpoint):
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                    "--model", str(engine_checkpoint(request)), "--host", HOST, "--port", str(port),
                    "--served-model-name", request.spec.name, *self.engine.cli_args(request), *moe.cli_args(),
-                   "--profiler-config", json.dumps(profiler_config(self.traces.dir)), *(self.options["serve_args"] or [])]
+                   "--profiler-config", json.dumps(profiler_config(self.traces.dir)),
+                   *(self.options["serve_args"] or [])]
         return ServerProcess("vllm serve", command, port, env=self.engine.environment(moe.env),
                              ready_timeout_s=self.options["ready_timeout_s"])
 

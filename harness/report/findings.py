@@ -3,10 +3,10 @@
 The figures show everything; these sentences say what a reader would otherwise have to find in
 them: what ran on which weights and device, the fastest engine at each shape and by how much,
 how close batch 1 came to the memory-bandwidth ceiling, MXFP4 against bf16, which MXFP4 path each
-engine took, which profiled phases the host held up, and every point that did not run, throttled, disagreed with the reference or whose
-repeats spread. Each sentence is a Finding that carries the numbers it states and the
-points.parquet cells they are, so a test holds every sentence to the table. A sentence is written
-only for data that is there: a null column says nothing (never "0").
+engine took, which profiled phases the host held up, and every point that did not run, throttled,
+disagreed with the reference or whose repeats spread. Each sentence is a Finding that carries the
+numbers it states and the points.parquet cells they are, so a test holds every sentence to the
+table. A sentence is written only for data that is there: a null column says nothing (never "0").
 """
 
 from __future__ import annotations
@@ -311,22 +311,22 @@ def host(p: pd.DataFrame, kernels: pd.DataFrame | None) -> list[Finding]:
     """Profiled phases (kernels.parquet) whose GPU was idle more than HOST_BOUND of the time."""
     if kernels is None or kernels.empty:
         return []
+    idle = kernels["total_ms"].where(kernels["kernel"] == LAUNCH_GAP, 0.0)
+    phases = kernels.assign(idle_ms=idle).groupby(["point_id", "phase"], sort=False)[["total_ms", "idle_ms"]].sum()
     out = []
-    by_point = _order(_ok(p)).set_index("point_id", drop=False)
-    phases = kernels.groupby(["point_id", "phase"], sort=False)
-    for (point_id, phase), g in phases:
-        if point_id not in by_point.index:
+    for _, row in _order(_ok(p)).iterrows():
+        if row["point_id"] not in phases.index.get_level_values("point_id"):
             continue
-        total, idle = float(g["total_ms"].sum()), float(g.loc[g["kernel"] == LAUNCH_GAP, "total_ms"].sum())
-        if not total or idle / total <= HOST_BOUND:
-            continue
-        row = by_point.loc[point_id]
-        numbers = _shape_numbers(row) | {"idle_ms": Number(idle, number(idle)), "phase_ms": Number(total, number(total)),
-                                         "share": Number(idle / total, percent(idle / total))}
-        out.append(Finding("host", f"{_shape(row)}: {_engine(row)}'s profiled {phase} left the GPU idle "
-                                   f"{percent(idle / total)} of its {number(total)} ms ({number(idle)} ms idle): the host "
-                                   f"(launches, scheduling, compilation), not the kernels, set its time.", numbers,
-                           {"phase": Quote(str(phase))}, "note"))
+        for phase, (total, idle) in phases.loc[row["point_id"]].iterrows():
+            if not total or idle / total <= HOST_BOUND:
+                continue
+            numbers = _shape_numbers(row) | {"idle_ms": Number(idle, number(idle)),
+                                             "phase_ms": Number(total, number(total)),
+                                             "share": Number(idle / total, percent(idle / total))}
+            out.append(Finding("host", f"{_shape(row)}: {_engine(row)}'s profiled {phase} left the GPU idle "
+                                       f"{percent(idle / total)} of its {number(total)} ms ({number(idle)} ms idle): "
+                                       f"the host (launches, scheduling, compilation), not the kernels, set its time.",
+                               numbers, {"phase": Quote(str(phase))}, "note"))
     return out
 
 

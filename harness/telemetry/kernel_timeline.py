@@ -6,9 +6,9 @@ phase its launch fell in, so an engine whose host runs a step ahead of its GPU (
 scheduling) still has each kernel in the phase of the step that launched it. The time in a phase's
 range that no kernel, memcpy or memset of it covers is the phase's `launch_gap` line: the GPU idle,
 waiting for the host (PointTelemetry's phases synchronise the device at both ends, so their ranges
-hold all their GPU work; an engine's own step ranges are approximate at a phase's ends). A kernel's category may come from the
-ranges and operators its launch sat in (record_function("attention"), aten::rms_norm; see
-kernel_categories), found through the launch's correlation id.
+hold all their GPU work; an engine's own step ranges are approximate at a phase's ends). A kernel's
+category may come from the ranges and operators its launch sat in (record_function("attention"),
+aten::rms_norm; see kernel_categories), found through the launch's correlation id.
 
 A trace without GPU activity (a CPU run) is read the same way with the outermost CPU operators
 of each phase standing in for kernels, and the gap is the host's time outside any operator.
