@@ -89,6 +89,13 @@ def write_atomic(table: pa.Table, path: Path) -> None:
         raise
 
 
+def read_parquet(path: Path, columns: list[str] | None = None, read_dictionary: list[str] | None = None) -> pd.DataFrame:
+    """A parquet file as one snapshot. Read through one open handle: a path read stats the file and
+    opens it again, so a sweep's write_atomic landing in between tears the read."""
+    with open(path, "rb") as f:
+        return pq.read_table(f, columns=columns, read_dictionary=read_dictionary).to_pandas()
+
+
 def write_text_atomic(text: str, path: Path) -> None:
     """As write_atomic, for text: a failed write (a full disk) leaves no temporary file behind."""
     path = Path(path)
@@ -135,7 +142,7 @@ def load(paths_or_globs: str | Path | Iterable[str | Path], table: str = "points
     for d in run_dirs(paths_or_globs):
         f = d / f"{table}.parquet"
         if f.is_file():
-            df = pd.read_parquet(f)
+            df = read_parquet(f)
             if "run_id" not in df:
                 df.insert(0, "run_id", d.name)
             frames.append(df)

@@ -74,12 +74,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ruptures
 from scipy import stats
 
 from harness.analysis.thresholds import IDENTITY, MetricThreshold, Thresholds
-from harness.results import POINT_COLUMNS, write_text_atomic
+from harness.results import POINT_COLUMNS, read_parquet, write_text_atomic
 
 FAILED = frozenset({"oom", "error", "timeout"})
 # severity order: the terminal table and the reports list verdicts in this order
@@ -201,7 +200,7 @@ def read_run(path: Path | str) -> Run:
     """A run folder's points, per-repeat decode values and env.json; raises UnreadableRun."""
     path = Path(path)
     try:
-        points = pd.read_parquet(path / "points.parquet")
+        points = read_parquet(path / "points.parquet")
     except (OSError, pa.ArrowException) as e:
         raise UnreadableRun(f"{path}: points.parquet unreadable ({e})") from None
     missing = [c for c in ("point_id", "status", "backend", "model", "quant", "batch_size") if c not in points]
@@ -219,8 +218,8 @@ def read_run(path: Path | str) -> Run:
     samples_file = path / "samples.parquet"
     try:
         # point_id read as a dictionary: a million repeated strings group in a fraction of the time
-        samples = (pq.read_table(samples_file, columns=["point_id", "repeat", "tpot_ms"], read_dictionary=["point_id"])
-                   .to_pandas() if samples_file.is_file() else pd.DataFrame(columns=["point_id", "repeat", "tpot_ms"]))
+        samples = (read_parquet(samples_file, columns=["point_id", "repeat", "tpot_ms"], read_dictionary=["point_id"])
+                   if samples_file.is_file() else pd.DataFrame(columns=["point_id", "repeat", "tpot_ms"]))
     except (OSError, pa.ArrowException, KeyError) as e:
         raise UnreadableRun(f"{path}: samples.parquet unreadable ({e})") from None
     run_id = str(points["run_id"].dropna().iloc[0]) if points["run_id"].notna().any() else path.name

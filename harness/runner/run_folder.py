@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from harness.results import (POINT_COLUMNS, SAMPLE_COLUMNS, env_fingerprint, to_table, write_atomic, write_env,
-                             write_text_atomic)
+from harness.results import (POINT_COLUMNS, SAMPLE_COLUMNS, env_fingerprint, read_parquet, to_table, write_atomic,
+                             write_env, write_text_atomic)
 from harness.runner.point import Point
 
 
@@ -99,7 +98,7 @@ class RunFolder:
         return [Point.from_dict(p) for p in self.config()["sweep"]["points"]]
 
     def ok_point_ids(self) -> set[str]:
-        points = pq.read_table(self.path / "points.parquet", columns=["point_id", "status"]).to_pandas()
+        points = read_parquet(self.path / "points.parquet", columns=["point_id", "status"])
         return set(points.point_id[points.status == "ok"])
 
     def log(self, group: str) -> Path:
@@ -118,7 +117,7 @@ class RunFolder:
     def _replace(self, name: str, point_id: str, new: pd.DataFrame | None, columns: dict) -> None:
         """Rows of `point_id` in <name>.parquet become `new` (none when None)."""
         path = self.path / f"{name}.parquet"
-        old = pd.read_parquet(path) if path.is_file() else None
+        old = read_parquet(path) if path.is_file() else None
         if old is None and new is None:
             return
         frames = [df for df in (old[old.point_id != point_id] if old is not None else None, new)
