@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
 #   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  peers120b  paths
 #          (PATHS="marlin ..." to choose, PATH_CAP=seconds each)  ttft  serve  openloop  latency
-#          (LATENCY="BATCHxOUT[@CHUNK] ...")  engine  gemv  llama  tests (TESTS="tests/test_x.py ...")
+#          (LATENCY="BATCHxOUT[@CHUNK] ...")  check  engine  gemv  llama  tests (TESTS="tests/test_x.py ...")
 #
 # The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
 # folders; `install` verifies and unpacks it. Worker groups of vLLM capture CUDA graphs only at the
@@ -59,13 +59,15 @@ for s in "$@"; do case $s in
     [[ " ${ENGINES:-triton vllm} " == *" triton "* ]] && step 150 bench model=gpt-oss-120b backend=triton_mxfp4 telemetry.profile=all -m workload.batch_size=1,8,64 run_id=peers120b-triton
     [[ " ${ENGINES:-triton vllm} " == *" vllm "* ]] && step 420 vllm_bench model=gpt-oss-120b -m workload.batch_size=1,8,64 run_id=peers120b-vllm-auto;;
   ttft)  # offline vLLM's TTFT with each point's batch admitted together (backend.admit=batch, the
-    # default) and streamed into the running engine one by one (as LLM.generate does), every Triton
-    # JIT compilation logged with its key (jit_monitor_verbose: vLLM names a kernel only once
-    # otherwise); the batch-8 traces come back for the idle GPU time of streamed prefills
+    # default) and streamed into the running engine one by one (as LLM.generate does; ADMITS="batch"
+    # or "stream" to choose), every Triton JIT compilation logged with its key (jit_monitor_verbose:
+    # vLLM names a kernel only once otherwise); the batch-8 traces come back for the GPU's idle time
     v='+backend.engine_args.jit_monitor_verbose=true'
-    step 280 vllm_bench "$v" backend.admit=batch -m workload.batch_size=1,8,64 run_id=ttft-batch
-    step 200 vllm_bench "$v" backend.admit=stream workload.batch_size=8 run_id=ttft-stream
+    [[ " ${ADMITS:-batch stream} " == *" batch "* ]] && step 280 vllm_bench "$v" backend.admit=batch -m workload.batch_size=1,8,64 run_id=ttft-batch
+    [[ " ${ADMITS:-batch stream} " == *" stream "* ]] && step 200 vllm_bench "$v" backend.admit=stream workload.batch_size=8 run_id=ttft-stream
     (cd "$res" && tar czf "$out/ttft-traces.tgz" ttft-*/traces/*-b8-*.json.gz);;
+  check)  # the timing cross-check: the `ttft` step's points against the `latency` step's (CHECK_RUN to choose)
+    python3 benchmarks/cross_check.py "$res/${CHECK_RUN:-ttft-batch}" "$out"/latency-*.json | tee "$out/cross_check.md";;
   paths)  # vLLM's other MXFP4 MoE paths on sm_90 (FlashInfer's CUTLASS MoE compiles with nvcc on
     # first use: more than 300 s on the H200, 2026-12-03)
     for p in ${PATHS:-marlin triton_unfused flashinfer_cutlass_bf16}; do

@@ -249,3 +249,36 @@ def test_a_server_that_cannot_start_is_an_error_with_its_log(checkpoint, prompts
                       timeout_s=120)
     first_line = out["error"].splitlines()[0]
     assert "vllm serve exited with code" in first_line and "invalid choice" in first_line
+
+
+# ---- the timing cross-check against `vllm bench latency` (benchmarks/cross_check.py) ---------------
+
+def test_cross_check_sets_our_ttft_and_e2e_against_bench_latency(tmp_path, capsys):
+    import importlib.util
+
+    import pandas as pd
+
+    from harness.results import POINT_COLUMNS, to_table, write_atomic
+
+    spec = importlib.util.spec_from_file_location("cross_check", ROOT / "benchmarks" / "cross_check.py")
+    cross_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cross_check)
+    run = tmp_path / "ttft-batch"
+    run.mkdir()
+    rows = [dict(point_id=f"b{b}-c{c}", backend="vllm", status="ok", batch_size=b, context_len=c, new_tokens=256,
+                 ttft_ms=ttft, e2e_ms=e2e) for b, c, ttft, e2e in
+            ((1, 1024, 61.0, 800.0), (8, 1024, 120.0, 1400.0), (8, 8192, 900.0, 2500.0))]
+    write_atomic(to_table(pd.DataFrame(rows), POINT_COLUMNS), run / "points.parquet")
+    # bench's seconds: at batch 8 two slow first iterations leave the median alone
+    for name, lat in (("latency-1x1.json", [0.060] * 8), ("latency-8x1.json", [1.3, 1.4] + [0.118] * 6),
+                      ("latency-8x256.json", [1.50] * 8)):
+        (tmp_path / name).write_text(json.dumps({"latencies": lat}))
+
+    assert cross_check.main([str(run), *map(str, sorted(tmp_path.glob("latency-*.json")))]) == 1
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert lines == ["| 1 | TTFT 61.0 ms | 60.0 ms | 60.0 ms | +1.7% | yes |",
+                     "| 8 | TTFT 120.0 ms | 118.0 ms | 118.0 ms | +1.7% | yes |",
+                     "| 8 | e2e 1,400.0 ms | 1,500.0 ms | 1,500.0 ms | -6.7% | no |"]
+    (tmp_path / "latency-64x1.json").write_text(json.dumps({"latencies": [0.8] * 8}))
+    assert cross_check.main([str(run), str(tmp_path / "latency-64x1.json")]) == 1
+    assert "no ok vLLM point" in capsys.readouterr().out

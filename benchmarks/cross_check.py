@@ -1,0 +1,72 @@
+"""Our timing of vLLM against vLLM's own `vllm bench latency` on the same points (issue 15's
+cross-check): each latency-BxN.json (written by gpu_peers.sh's `latency` step) against the vLLM
+point of the run folder at batch B. With N = 1 bench's latency is the prefill and one token, so it
+is set against our TTFT; with N = the run's new_tokens, against our whole call (e2e_ms).
+
+    python benchmarks/cross_check.py RUN_DIR LATENCY_JSON... [--tolerance 0.05]
+
+bench latency's iterations are not all alike: its first timed ones can still be slow after its 8
+warm-up iterations (1.31 and 1.37 s beside 0.11 s at batch 8, 2026-12-03). The verdict is against
+its median; the median of its last half is shown beside it. Prints one markdown table; exits 1 when
+a point is outside the tolerance or missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from harness.results import load
+
+
+def bench_latency(path: Path) -> tuple[int, int, list[float]]:
+    """(batch, output tokens, iteration latencies in ms) of one `vllm bench latency --output-json`."""
+    m = re.fullmatch(r"latency-(\d+)x(\d+)(@\d+)?\.json", path.name)
+    if m is None:
+        raise SystemExit(f"{path}: expected a name latency-BATCHxOUT[@CHUNK].json, as gpu_peers.sh writes")
+    return int(m[1]), int(m[2]), [s * 1e3 for s in json.loads(path.read_text())["latencies"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="a run folder with backend=vllm points")
+    ap.add_argument("latency", nargs="+", type=Path, help="latency-BxN.json files")
+    ap.add_argument("--context", type=int, default=1024, help="the points' context (gpu_peers.sh: --input-len 1024)")
+    ap.add_argument("--tolerance", type=float, default=0.05)
+    args = ap.parse_args(argv)
+    points = load(args.run)
+    points = points[(points.backend == "vllm") & (points.status == "ok") & (points.context_len == args.context)]
+    points = points.drop_duplicates("batch_size", keep="last").set_index("batch_size")
+    print("| batch | ours | bench latency p50 | its last half | ours vs p50 | within |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    failed = False
+    for path in sorted(args.latency, key=lambda p: bench_latency(p)[:2]):
+        batch, out, lat = bench_latency(path)
+        if batch not in points.index:
+            print(f"| {batch} | no ok vLLM point in {args.run} | | | | no |")
+            failed = True
+            continue
+        p = points.loc[batch]
+        if out == 1:
+            what, ours = "TTFT", p.ttft_ms
+        elif out == p.new_tokens:
+            what, ours = "e2e", p.e2e_ms
+        else:
+            print(f"| {batch} | {path.name}: {out} tokens, the run's points made {p.new_tokens} | | | | no |")
+            failed = True
+            continue
+        p50, late = statistics.median(lat), statistics.median(lat[len(lat) // 2:])
+        off = ours / p50 - 1
+        ok = abs(off) <= args.tolerance
+        failed |= not ok
+        print(f"| {batch} | {what} {ours:,.1f} ms | {p50:,.1f} ms | {late:,.1f} ms | {off:+.1%} | "
+              f"{'yes' if ok else 'no'} |")
+    return int(failed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
