@@ -4,7 +4,7 @@
 # so that each 10-minute device call runs the ones it has time for; figures go to benchmarks/LOG.md.
 #
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
-#   steps: stage:N (copy .carryN/* to /tmp/stage)  install  peers  peers8k  peers120b  paths
+#   steps: stage:N (copy .carryN/* to /tmp/stage)  install  sweep  peers  peers8k  peers120b  paths
 #          (PATHS="marlin ..." to choose, PATH_CAP=seconds each)  ttft  serve  openloop  latency
 #          (LATENCY="BATCHxOUT[@CHUNK] ...")  check  engine  gemv  llama  tests (TESTS="tests/test_x.py ...")
 #
@@ -49,6 +49,17 @@ for s in "$@"; do case $s in
     b=${BATCHES:-1,8,64,256}; tag=${BATCHES:+-b${b//,/-}}
     [[ " ${ENGINES:-triton vllm} " == *" triton "* ]] && step 150 bench backend=triton_mxfp4 -m workload.batch_size=$b run_id=peers-triton$tag
     [[ " ${ENGINES:-triton vllm} " == *" vllm "* ]] && step 330 vllm_bench -m workload.batch_size=$b run_id=peers-vllm-auto$tag;;
+  sweep)  # item 2 in one run folder: sweep=peers (triton_mxfp4 and vLLM's MoE paths, 20b, batch 1-256,
+    # context 1k and 8k, every point profiled), vLLM capturing graphs at the measured batches only;
+    # a call that runs out of time leaves the points it finished, and the next `sweep` resumes them
+    g="backend.python=python3 +backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]"
+    if [ -f "$res/peers/config.yaml" ]; then
+      step 570 python3 -m harness resume=true run_id=peers results_dir="$res" reports_dir="$res/reports"
+    else
+      step 570 python3 -m harness sweep=peers model=gpt-oss-20b hardware=H200 run_id=peers results_dir="$res" \
+        reports_dir="$res/reports" "arms=['backend=triton_mxfp4','backend=vllm backend.moe_path=auto $g',\
+'backend=vllm backend.moe_path=triton_unfused $g','backend=vllm backend.moe_path=marlin $g']"
+    fi;;
   peers8k)  # context 8k (batch 256 x 8k would need 103 GB of KV cache beside 13 GB of weights)
     step 150 bench backend=triton_mxfp4 telemetry.profile=all workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
     step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;

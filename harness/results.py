@@ -33,6 +33,7 @@ from harness.runner import measure
 
 IDENTITY_COLUMNS: dict[str, pa.DataType] = {  # filled by the group that runs the point (runner.group)
     "run_id": pa.string(), "point_id": pa.string(), "started_at": pa.string(), "backend": pa.string(),
+    "setup": pa.string(),  # the backend options that set its points apart from its others in the sweep
     "backend_version": pa.string(), "engine_path": pa.string(), "model": pa.string(), "quant": pa.string(),
     "batch_size": pa.int64(), "context_len": pa.int64(), "new_tokens": pa.int64(), "repeats": pa.int64(),
     "seed": pa.int64(), "router_skew": pa.float64(), "gpu_name": pa.string(), "gpu_count": pa.int64(),

@@ -41,8 +41,8 @@ def sweep(tmp_path):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
 
-        def run(*overrides):
+        def run(*overrides, arms=()):
             fixed = [search, "model.synthetic=device", "telemetry=off", "sweep=none"]
             return expand(lambda combo: compose("config", overrides=fixed + combo),
-                          combinations(loader, list(overrides)))
+                          combinations(loader, list(overrides), list(arms)))
         yield run

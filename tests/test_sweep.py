@@ -76,3 +76,35 @@ def test_a_layout_is_checked_named_and_refused_by_one_gpu_engines(sweep):
     assert "parallel.tp=3: must divide the model's" in msg
     points = sweep("backend=fault", "model=gpt-oss-tiny")
     assert points[0].config.parallel.gpu_count == 1 and "-tp" not in points[0].group
+
+
+def test_arms_run_the_product_once_per_engine_set_up(sweep):
+    points = sweep("model=gpt-oss-tiny", "workload.batch_size=1,4",
+                   arms=["backend=other", "backend=fault +backend.step_ms=0.5", "backend=fault +backend.step_ms=2"])
+    assert len(points) == 6
+    # a backend run in several set-ups names each by the options that differ; one run once, by none
+    assert [(p.config.backend.name, p.setup) for p in points[::2]] == [
+        ("other", ""), ("fault", "step_ms=0.5"), ("fault", "step_ms=2")]
+    assert [p.point_id for p in points[2:4]] == ["fault-step_ms.0.5-gpt-oss-tiny-mxfp4-b1-c128-n32",
+                                                  "fault-step_ms.0.5-gpt-oss-tiny-mxfp4-b4-c128-n32"]
+    assert len({p.group for p in points}) == 3
+    assert points[5].config.backend.options["step_ms"] == 2 and points[5].config.workload.batch_size == 4
+
+
+def test_a_swept_backend_option_is_a_set_up_too(sweep):
+    points = sweep("backend=fault", "model=gpt-oss-tiny", "+backend.step_ms=0.5,2")
+    assert [p.setup for p in points] == ["step_ms=0.5", "step_ms=2"]
+    # an option too odd for a point id leaves the set-up to the record and a digest to the id
+    points = sweep("backend=fault", "model=gpt-oss-tiny", "+backend.prefill_ms=[1,2],[3]")
+    assert [p.setup for p in points] == ["prefill_ms=[1,2]", "prefill_ms=[3]"]
+    assert all(p.point_id.startswith("fault-gpt-oss-tiny-mxfp4-b1-c128-n32-") for p in points)
+
+
+def test_arms_that_clash_with_the_sweep_or_sweep_themselves_are_refused(sweep):
+    with pytest.raises(SweepError, match=r"arms: 'backend=fault' sets backend, which the command line or the "
+                                         r"sweep also sets"):
+        sweep("backend=other", "model=gpt-oss-tiny", arms=["backend=fault"])
+    with pytest.raises(SweepError, match=r"arms: 'backend=fault \+backend.step_ms=1,2': an arm is one set-up"):
+        sweep("model=gpt-oss-tiny", arms=["backend=fault +backend.step_ms=1,2"])
+    with pytest.raises(SweepError, match=r"arms: 'backend=\(' is not a list of overrides: Error parsing override 'backend=\('"):
+        sweep("model=gpt-oss-tiny", arms=["backend=fault", "backend=("])

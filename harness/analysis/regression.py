@@ -1,8 +1,8 @@
 """Regression verdicts: a candidate run against its baseline run(s), point by point and metric by
 metric, with statistics that know the noise (issue 13; gptoss-compare is the command).
 
-Points are matched on their identity (IDENTITY: backend, model, quant, batch size, context, new
-tokens, router skew, hardware label, GPU name); engine version, commit and driver are shown for
+Points are matched on their identity (IDENTITY: backend and its set-up, model, quant, batch size,
+context, new tokens, router skew, hardware label, GPU name); engine version, commit and driver are shown for
 each side, never matched, since a change in them is what a nightly comparison looks for.
 
 The unit of evidence is the repeat or the run, never the decode step: steps of one generate call
@@ -130,7 +130,8 @@ def point_key(points: pd.DataFrame) -> pd.Series:
 def point_label(row) -> str:
     """A point as a reader names it: `triton_mxfp4 mxfp4 · gpt-oss-20b · batch 8 · context 2048 · 128 new · H100`."""
     skew = row.get("router_skew")
-    parts = [f"{row['backend']} {row['quant']}", str(row["model"]), f"batch {row['batch_size']}",
+    setup = row.get("setup")
+    parts = [f"{row['backend']}{f' [{setup}]' if setup and not pd.isna(setup) else ''} {row['quant']}", str(row["model"]), f"batch {row['batch_size']}",
              f"context {row['context_len']}", f"{row['new_tokens']} new",
              *([f"skew {skew:g}"] if skew and not pd.isna(skew) else []), str(row["hardware"])]
     return " · ".join(parts)
@@ -326,6 +327,7 @@ def change_points(values: Sequence[float], metric: str, t: MetricThreshold) -> l
 @dataclass
 class Verdict:
     backend: str
+    setup: str | None  # the backend's set-up where a sweep ran it in several (moe_path=marlin)
     model: str
     quant: str
     batch_size: int

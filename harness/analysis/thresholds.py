@@ -13,7 +13,7 @@ from pathlib import Path
 from harness.analysis.yaml_file import read_yaml
 
 DEFAULTS = Path(__file__).with_name("thresholds.yaml")
-IDENTITY = ("backend", "model", "quant", "batch_size", "context_len", "new_tokens", "router_skew", "hardware",
+IDENTITY = ("backend", "setup", "model", "quant", "batch_size", "context_len", "new_tokens", "router_skew", "hardware",
             "gpu_name")
 
 

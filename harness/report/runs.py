@@ -103,8 +103,9 @@ def _capacity(points: pd.DataFrame, env: dict) -> pd.Series:
 
 
 def series_parts(points: pd.DataFrame) -> list[str]:
-    """The columns a series is keyed by: backend and quant, the model where the points hold more
-    than one, the run where they come from more than one."""
+    """The columns a series is keyed by: backend (with its set-up where a sweep ran it in several)
+    and quant, the model where the points hold more than one, the run where they come from more
+    than one."""
     return ((["run"] if points["run"].nunique() > 1 else []) + (["model"] if points["model"].nunique() > 1 else [])
             + ["backend", "quant"])
 
@@ -114,9 +115,15 @@ def series_title(points: pd.DataFrame) -> str:
     return " · ".join(series_parts(points))
 
 
+def engine_label(points: pd.DataFrame) -> pd.Series:
+    """backend, and its set-up where it has one: `vllm [moe_path=marlin]`."""
+    setup = points["setup"].fillna("").astype(str)
+    return points["backend"].astype(str) + setup.map(lambda s: f" [{s}]" if s else "")
+
+
 def _series(points: pd.DataFrame) -> pd.Categorical:
     parts = series_parts(points)
-    name = points["backend"].astype(str) + " " + points["quant"].astype(str)
+    name = engine_label(points) + " " + points["quant"].astype(str)
     for part in reversed(parts[:-2]):  # run, then model, before the engine
         name = points[part].fillna("?").astype(str) + " · " + name
     # one category order for all frames, so a series keeps its colour and legend place everywhere

@@ -54,7 +54,7 @@ class GroupRun:
         gpu_name = self.facts.get("gpu_name", self.host["gpu_name"])
         row = {
             "run_id": self.run.run_id, "point_id": point.point_id, "group": self.group, "started_at": started_at,
-            "backend": c.backend.name, "backend_version": self.loaded.get("backend_version"),
+            "backend": c.backend.name, "setup": point.setup, "backend_version": self.loaded.get("backend_version"),
             "model": spec.name, "quant": c.quant, "seed": w.seed, "router_skew": w.router_skew,
             "batch_size": w.batch_size, "context_len": w.context_len, "new_tokens": w.new_tokens,
             "repeats": w.repeats, "gpu_name": gpu_name, **c.parallel.columns(),

@@ -17,14 +17,15 @@ class Point:
     group: str  # the worker group: points that share a backend, model, quant and load options
     overrides: list[str]  # what distinguishes it, as Hydra overrides
     config: PointConfig
+    setup: str = ""  # its backend options that differ from others of that backend in the sweep
 
     def to_dict(self) -> dict:
         return {"point_id": self.point_id, "group": self.group, "overrides": list(self.overrides),
-                "config": self.config.to_dict()}
+                "config": self.config.to_dict(), "setup": self.setup}
 
     @classmethod
     def from_dict(cls, d: dict) -> Point:
-        return cls(d["point_id"], d["group"], d["overrides"], PointConfig.from_dict(d["config"]))
+        return cls(d["point_id"], d["group"], d["overrides"], PointConfig.from_dict(d["config"]), d.get("setup", ""))
 
 
 def load_class(target: str) -> type:

@@ -14,8 +14,10 @@ import hashlib
 import inspect
 import json
 import os
+import re
+import shlex
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,10 +43,31 @@ def plain(cfg: DictConfig, keys) -> dict:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
 
 
-def combinations(config_loader, overrides: list[str]) -> list[list[str]]:
-    """The cartesian product of the swept values, as one override list per point."""
-    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(overrides)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+def combinations(config_loader, overrides: list[str], arms: list[str] = ()) -> list[list[str]]:
+    """The cartesian product of the swept values, as one override list per point; with `arms`
+    (engine set-ups compared in one run: "backend=vllm backend.moe_path=marlin"), that product
+    once per arm, the arm's overrides last."""
+    parser = OverridesParser.create(config_loader=config_loader)
+    parsed = parser.parse_overrides(overrides)
+    product = BasicSweeper.split_arguments(parsed, None)[0]
+    if not arms:
+        return product
+    swept = {o.key_or_group for o in parsed}
+    combos = []
+    for arm in arms:
+        try:
+            own = shlex.split(str(arm))
+            keys = [o.key_or_group for o in parser.parse_overrides(own) if not o.is_sweep_override()]
+        except Exception as e:  # Hydra's own message names the bad override
+            raise SweepError(f"arms: {arm!r} is not a list of overrides: {_first_lines(e)}") from None
+        if len(keys) < len(own) or not own:
+            raise SweepError(f"arms: {arm!r}: an arm is one set-up (key=value ...); sweep values with -m "
+                             "on the command line or in hydra.sweeper.params")
+        if both := sorted(swept & set(keys)):
+            raise SweepError(f"arms: {arm!r} sets {', '.join(both)}, which the command line or the sweep also "
+                             "sets; set it in every arm or outside the arms, not both")
+        combos += [c + own for c in product]
+    return combos
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,8 +149,8 @@ def expand(compose: Callable[[list[str]], DictConfig], combos: list[list[str]]) 
     """Compose, resolve and validate every combination; raise SweepError listing every problem."""
     problems: dict[str, list[str]] = defaultdict(list)
     configs: list[tuple[list[str], PointConfig]] = []
-    # Every combination lists the keys in the same order: a column of zip(*combos) is one key.
-    swept = {o for column in zip(*combos) if len(set(column)) > 1 for o in column}
+    # An override that some combinations lack is swept (arms add theirs to some only).
+    swept = {o for o, n in Counter(o for c in combos for o in set(c)).items() if n < len(combos)}
     for combo in combos:
         label = " ".join(o for o in combo if o in swept) or "the only point"
         try:
@@ -171,20 +194,44 @@ def _unique(names: list[str], keys: list) -> list[str]:
     return [n if len(owners[n]) == 1 else f"{n}-{_digest(k)}" for n, k in zip(names, keys)]
 
 
+def _setups(configs: list[PointConfig]) -> list[str]:
+    """Each point's engine set-up where its backend runs more than one in the sweep: the backend
+    options whose values differ among that backend's points ("moe_path=marlin"); "" where it runs one."""
+    options = defaultdict(list)
+    for c in configs:
+        options[c.backend.name].append(c.backend.options)
+    varying = {name: sorted({k for o in opts for k in o if len({json.dumps(p.get(k), sort_keys=True) for p in opts}) > 1})
+               for name, opts in options.items()}
+    def text(v) -> str:
+        return v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+    return [" ".join(f"{k}={text(c.backend.options.get(k))}" for k in varying[c.backend.name]) for c in configs]
+
+
+def _slug(setup: str) -> str:
+    """A set-up in a point id: moe_path=marlin -> moe_path.marlin; one too long or odd to read, ''
+    (a digest tells such points apart)."""
+    slug = "-".join(part.replace("=", ".", 1) for part in setup.split())
+    return slug if len(slug) <= 40 and re.fullmatch(r"[A-Za-z0-9._-]*", slug) else ""
+
+
 def _name(configs: list[tuple[list[str], PointConfig]]) -> list[Point]:
-    """Readable, stable ids: backend-model-quant-b<batch>-c<context>-n<new>; groups backend-model-quant."""
+    """Readable, stable ids: backend[-setup]-model-quant-b<batch>-c<context>-n<new>; groups
+    backend[-setup]-model-quant."""
+    setups = _setups([c for _, c in configs])
     group_keys, group_names, point_names = [], [], []
-    for _, c in configs:
+    for (_, c), setup in zip(configs, setups):
         w = c.workload
         p = c.parallel
-        stem = f"{c.backend.name}-{model_spec(c.model).name}-{c.quant}" + (
+        engine = "-".join(filter(None, (c.backend.name, _slug(setup))))
+        stem = f"{engine}-{model_spec(c.model).name}-{c.quant}" + (
             f"-tp{p.tp}ep{p.ep}dp{p.dp}" if p.gpu_count > 1 else "")
         group_keys.append(c.group_key())
         group_names.append(stem)
         point_names.append(f"{stem}-b{w.batch_size}-c{w.context_len}-n{w.new_tokens}")
     groups = _unique(group_names, group_keys)
     ids = _unique(point_names, [c.to_dict() for _, c in configs])
-    return [Point(pid, g, combo, config) for pid, g, (combo, config) in zip(ids, groups, configs)]
+    return [Point(pid, g, combo, config, setup)
+            for pid, g, (combo, config), setup in zip(ids, groups, configs, setups)]
 
 
 # ---- validation ------------------------------------------------------------------------------------

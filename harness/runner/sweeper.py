@@ -146,7 +146,8 @@ def _run_folder(cfg, config_loader, params: dict, arguments: list[str]) -> tuple
             raise SweepError(f"rerun measures points stored in {cfg.rerun}/config.yaml again; drop {extra}")
         return _rerun(cfg, results_dir)
     overrides = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
-    points = expand(lambda combo: config_loader.load_sweep_config(cfg, combo), combinations(config_loader, overrides))
+    points = expand(lambda combo: config_loader.load_sweep_config(cfg, combo),
+                    combinations(config_loader, overrides, list(cfg.arms)))
     run = RunFolder.create(results_dir, cfg.run_id)
     _name_run(cfg, run)
     resolved = plain(cfg, [k for k in cfg if k != "hydra"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -56,7 +57,8 @@ def summary(points: pd.DataFrame, reference: str = "torch_ref") -> list:
     reference compared with itself (a determinism check, not an agreement)."""
     out = []
     for group, rows in points.groupby("group", sort=False):
-        table = Table(title=group, title_justify="left", title_style="bold")
+        setup = rows["setup"].iloc[0] if "setup" in rows else None
+        table = Table(title=escape(f"{group} [{setup}]") if setup else group, title_justify="left", title_style="bold")
         for name in ("point", "status", "ttft ms", "tpot p50 ms", "tok/s", "mem GiB", "agree"):
             table.add_column(name, justify="left" if name in ("point", "status") else "right", no_wrap=True)
         errors = []
