@@ -32,7 +32,18 @@ vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.c
 serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=2000 backend.slo_tpot_ms=15 \
   backend.max_num_batched_tokens=$CHUNK 'backend.serve_args=["--cudagraph-capture-sizes","1","8","64"]' \
   workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 "$@"; }
-export CHUNK; export -f bench vllm_bench serve
+# sweep=peers into run folder $1 (its arms, the rest of the overrides after it), or the rest of it
+# where an earlier call began it; vLLM's arms capture graphs at the measured batch sizes only
+VLLM="backend.python=python3 +backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]"
+peers_sweep() {
+  local id=$1; shift
+  if [ -f "$res/$id/config.yaml" ]; then
+    step 570 python3 -m harness resume=true run_id=$id results_dir="$res" reports_dir="$res/reports"
+  else
+    step 570 python3 -m harness sweep=peers hardware=H200 run_id=$id results_dir="$res" reports_dir="$res/reports" "$@"
+  fi
+}
+export CHUNK VLLM; export -f bench vllm_bench serve peers_sweep
 
 for s in "$@"; do case $s in
   stage:*)
@@ -44,6 +55,16 @@ for s in "$@"; do case $s in
     python3 -c "import vllm, hydra, plotly; print('vllm', vllm.__version__)"
     # the 20b checkpoint, unless CHECKPOINT=none (a call that goes on to peers120b, which deletes it)
     [ "${CHECKPOINT:-}" = none ] || step 240 python3 -m harness.model.synthetic --model gpt-oss-20b | tee "$out/checkpoint.txt";;
+  peers)  # issue 15 item 2 / issue 16: both engines on the same checkpoint, context 1k
+    # (ENGINES="triton vllm" and BATCHES=1,8,64,256 to choose; a subset gets a run folder of its own)
+    b=${BATCHES:-1,8,64,256}; tag=${BATCHES:+-b${b//,/-}}
+    [[ " ${ENGINES:-triton vllm} " == *" triton "* ]] && step 150 bench backend=triton_mxfp4 -m workload.batch_size=$b run_id=peers-triton$tag
+    [[ " ${ENGINES:-triton vllm} " == *" vllm "* ]] && step 330 vllm_bench -m workload.batch_size=$b run_id=peers-vllm-auto$tag;;
+  sweep)  # item 2 in one run folder: sweep=peers (triton_mxfp4 and vLLM's MoE paths, 20b, batch 1-256,
+    # context 1k and 8k, every point profiled); a call that runs out of time keeps the points it
+    # finished, and the next `sweep` call resumes the rest
+    peers_sweep peers model=gpt-oss-20b "arms=['backend=triton_mxfp4','backend=vllm backend.moe_path=auto $VLLM',\
+'backend=vllm backend.moe_path=triton_unfused $VLLM','backend=vllm backend.moe_path=marlin $VLLM']";;
   peers)  # issue 15 item 2 / issue 16: both engines on the same checkpoint, context 1k
     # (ENGINES="triton vllm" and BATCHES=1,8,64,256 to choose; a subset gets a run folder of its own)
     b=${BATCHES:-1,8,64,256}; tag=${BATCHES:+-b${b//,/-}}
@@ -63,12 +84,12 @@ for s in "$@"; do case $s in
   peers8k)  # context 8k (batch 256 x 8k would need 103 GB of KV cache beside 13 GB of weights)
     step 150 bench backend=triton_mxfp4 telemetry.profile=all workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
     step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;
-  peers120b)  # 120b: its 61 GiB checkpoint fits the 64 GiB disk only once the 20b one is gone
-    # (ENGINES="triton vllm" to choose; vLLM's group needs ~2 min to start with 61 GiB of weights)
+  peers120b)  # 120b, both engines in one run folder (resumed as `sweep` is): its 61 GiB checkpoint
+    # fits the 64 GiB disk only once the 20b one is gone; vLLM's group needs ~2 min to start
     rm -rf "$GPTOSS_BENCH_CACHE"/checkpoints/gpt-oss-20b-*
     step 200 python3 -m harness.model.synthetic --model gpt-oss-120b | tee -a "$out/checkpoint.txt"
-    [[ " ${ENGINES:-triton vllm} " == *" triton "* ]] && step 150 bench model=gpt-oss-120b backend=triton_mxfp4 telemetry.profile=all -m workload.batch_size=1,8,64 run_id=peers120b-triton
-    [[ " ${ENGINES:-triton vllm} " == *" vllm "* ]] && step 420 vllm_bench model=gpt-oss-120b -m workload.batch_size=1,8,64 run_id=peers120b-vllm-auto;;
+    peers_sweep peers120b model=gpt-oss-120b -m workload.batch_size=1,8,64 workload.context_len=1024 \
+      "arms=['backend=triton_mxfp4','backend=vllm backend.moe_path=auto $VLLM']";;
   ttft)  # offline vLLM's TTFT with each point's batch admitted together (backend.admit=batch, the
     # default) and streamed into the running engine one by one (as LLM.generate does; ADMITS="batch"
     # or "stream" to choose), every Triton JIT compilation logged with its key (jit_monitor_verbose:

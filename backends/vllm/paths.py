@@ -76,12 +76,19 @@ def installed_moe_path(name: str) -> MoePath:
 _USING = re.compile(r"\bUsing (.+?) backend\b")
 _WEIGHTS = re.compile(r"Model loading took ([\d.]+) GiB")
 _KV = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
+_KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
 
 
 def engine_path(log: str) -> str | None:
     """The distinct "Using ... backend" choices of a vLLM log, in order, joined by "; "."""
     seen = dict.fromkeys(m.group(1).replace("'", "").strip() for m in _USING.finditer(log))
     return "; ".join(seen) or None
+
+
+def kv_tokens(log: str) -> int | None:
+    """The tokens of context vLLM's KV cache holds at once, as its engine logs at start."""
+    found = _KV_TOKENS.findall(log)
+    return int(found[-1].replace(",", "")) if found else None
 
 
 def memory(log: str) -> dict[str, float | None]:

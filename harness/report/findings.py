@@ -96,8 +96,13 @@ def _present(row, column: str) -> bool:
     return column in row and not pd.isna(row[column]) and row[column] != ""
 
 
+def _backend(row) -> str:
+    """The backend, with its set-up where the sweep ran it in several: `vllm [moe_path=marlin]`."""
+    return f"{row['backend']} [{row['setup']}]" if _present(row, "setup") else str(row["backend"])
+
+
 def _engine(row) -> str:
-    return f"{row['backend']} {row['quant']}"
+    return f"{_backend(row)} {row['quant']}"
 
 
 def _shape(row) -> str:
@@ -114,7 +119,7 @@ def _ok(points: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 
 def _order(points: pd.DataFrame) -> pd.DataFrame:
-    return points.sort_values(["model", "batch_size", "context_len", "backend", "quant"], na_position="last")
+    return points.sort_values(["model", "batch_size", "context_len", "backend", "setup", "quant"], na_position="last")
 
 
 # ---- what ran ------------------------------------------------------------------------------------
@@ -255,7 +260,7 @@ MEMORY = [("weights_gib", "weights"), ("peak_mem_gib", "peak device memory"), ("
 def quant(p: pd.DataFrame) -> list[Finding]:
     """Per engine and shape run both in an MXFP4 mode and in bf16: speed, memory, energy ratios."""
     out = []
-    for _, shape in _ok(p).groupby(["backend", "model", "batch_size", "context_len"], sort=True):
+    for _, shape in _ok(p).groupby(["backend", "setup", "model", "batch_size", "context_len"], sort=True):
         bf16 = shape[shape["quant"] == BF16]
         if bf16.empty:
             continue
@@ -282,9 +287,9 @@ def quant(p: pd.DataFrame) -> list[Finding]:
                                f"against {number(ref['energy_j_per_tok'])} J)")
             if not clauses:
                 continue
-            out.append(Finding("quant", f"{_shape(row)}: {row['backend']} in {row['quant']} against bf16: "
+            out.append(Finding("quant", f"{_shape(row)}: {_backend(row)} in {row['quant']} against bf16: "
                                         f"{'; '.join(clauses)}.", numbers,
-                               {"backend": Quote(str(row["backend"])), "quant": Quote(str(row["quant"]))}))
+                               {"backend": Quote(_backend(row)), "quant": Quote(str(row["quant"]))}))
     return out
 
 
@@ -292,7 +297,8 @@ def paths(p: pd.DataFrame) -> list[Finding]:
     """The MXFP4 path each engine recorded (engine_path), per model: engines that record none say nothing."""
     out = []
     mx = p[p["quant"].astype(str).str.startswith(MXFP4)].dropna(subset=["engine_path"])
-    for (model, backend, q), g in mx.groupby(["model", "backend", "quant"], sort=True):
+    for (model, _, _, q), g in mx.groupby(["model", "backend", "setup", "quant"], sort=True):
+        backend = _backend(g.iloc[0])
         for path, n in g["engine_path"].value_counts().items():
             first = g[g["engine_path"] == path].iloc[0]
             batches = g[g["engine_path"] == path]["batch_size"]

@@ -115,15 +115,11 @@ def series_title(points: pd.DataFrame) -> str:
     return " · ".join(series_parts(points))
 
 
-def engine_label(points: pd.DataFrame) -> pd.Series:
-    """backend, and its set-up where it has one: `vllm [moe_path=marlin]`."""
-    setup = points["setup"].fillna("").astype(str)
-    return points["backend"].astype(str) + setup.map(lambda s: f" [{s}]" if s else "")
-
-
 def _series(points: pd.DataFrame) -> pd.Categorical:
     parts = series_parts(points)
-    name = engine_label(points) + " " + points["quant"].astype(str)
+    # backend, with its set-up where it has one: `vllm [moe_path=marlin] mxfp4`
+    name = points["backend"].astype(str) + points["setup"].map(lambda s: f" [{s}]" if s else "") + " " \
+        + points["quant"].astype(str)
     for part in reversed(parts[:-2]):  # run, then model, before the engine
         name = points[part].fillna("?").astype(str) + " · " + name
     # one category order for all frames, so a series keeps its colour and legend place everywhere
@@ -158,6 +154,7 @@ def load_runs(paths) -> Runs:
         kernels.append(_nonempty(_read(d, "kernels", skipped)))
     points = pd.concat([p.assign(run=label, device_mem_gib=_capacity(p, env))
                         for p, env, label in zip(points, envs, labels)], ignore_index=True)
+    points["setup"] = points["setup"].fillna("")  # runs from before set-ups were recorded
     points["series"] = _series(points)
     return Runs(infos, points, _with_points(telemetry, labels, points), _with_points(kernels, labels, points), skipped)
 
