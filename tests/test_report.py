@@ -2,6 +2,7 @@
 several runs overlaid, runs that cannot be read left out by name, the CLI. Values come from a small
 roofline model of a decode step, so the figures have the shapes real sweeps have."""
 
+import html as htmllib
 import json
 import math
 import re
@@ -107,7 +108,8 @@ def make_run(root, run_id="20250601T120000Z", hardware="H100 SXM", speed=1.0, te
     env = dict(gpu_name=gpu["name"], gpu_count=1, gpus=[gpu], driver_version="570.86.15", cuda_driver_version="12.8",
                host="gpu-node-7", cpu_model="AMD EPYC 9454",
                packages=dict(torch="2.11.0", triton="3.6.0"), git_commit="abc1234def5678", git_dirty=True,
-               command=["gptoss-bench", "-m", "workload.batch_size=1,4,16,64"],
+               command=["gptoss-bench", "-m", "workload.batch_size=1,4,16,64",
+                        "arms=['backend=triton_mxfp4','backend=vllm backend.moe_path=marlin']"],
                groups={"triton_mxfp4/gpt-oss-20b/mxfp4": dict(torch="2.11.0+cu128", torch_cuda="12.8", triton="3.6.0")})
     (path / "env.json").write_text(json.dumps(env))
     (path / "config.yaml").write_text("model:\n  name: gpt-oss-20b\nworkload:\n  new_tokens: 64\n")
@@ -133,9 +135,12 @@ def test_every_section_with_rich_data(tmp_path):
     table = html[html.index('<section id="points">'):html.index("</section>", html.index('<section id="points">'))]
     first_row = table[table.index("<tbody>"):].split("</tr>")[0]
     assert "status-error" in first_row and "triton compilation failed" in first_row  # failures first
-    for fact in ("570.86.15", "abc1234def56 (dirty tree)", "gptoss-bench -m workload.batch_size=1,4,16,64",
-                 "2.11.0+cu128", "driver 12.8, torch build 12.8", "NVIDIA H100 80GB HBM3 × 1"):
+    for fact in ("570.86.15", "abc1234def56 (dirty tree)", "2.11.0+cu128", "driver 12.8, torch build 12.8",
+                 "NVIDIA H100 80GB HBM3 × 1"):
         assert fact in html
+    # the command as a shell takes it back, Hydra's quoted list in double quotes
+    assert ("gptoss-bench -m workload.batch_size=1,4,16,64 \"arms=['backend=triton_mxfp4','backend=vllm "
+            "backend.moe_path=marlin']\"") in htmllib.unescape(html)
 
 
 def test_sections_absent_without_their_data(tmp_path):

@@ -125,6 +125,14 @@ def _flat(value, prefix="") -> list[tuple[str, str]]:
     return [(prefix.rstrip("."), " ".join(map(str, value)) if isinstance(value, list) else str(value))]
 
 
+def _quoted(arg: str) -> str:
+    """One argument as a shell reads it back: in double quotes where that needs no escape (Hydra's
+    lists of quoted strings, arms=['backend=vllm ...']), else as shlex quotes it."""
+    if shlex.quote(arg) != arg and not set(arg) & set('"$`\\!'):
+        return f'"{arg}"'
+    return shlex.quote(arg)
+
+
 def _joined(values) -> str:
     return ", ".join(dict.fromkeys(str(v) for v in values if v not in (None, "")))
 
@@ -150,7 +158,7 @@ def run_facts(info: RunInfo, runs: Runs) -> list[tuple[str, str]]:
         ("engines", _joined(f"{b} {v}" for b, v in zip(engines["backend"], engines["backend_version"]) if v)),
         ("host", _joined([env.get("host"), env.get("cpu_model")])),
         ("commit", (env.get("git_commit") or "")[:12] + (" (dirty tree)" if env.get("git_dirty") else "")),
-        ("command", shlex.join(command) if isinstance(command, list) else command),
+        ("command", " ".join(map(_quoted, command)) if isinstance(command, list) else command),
         ("points", ", ".join(f"{n} {s}" for s, n in p["status"].value_counts().items())),
     ]
     return [(k, v) for k, v in facts if v]
