@@ -26,7 +26,8 @@ Rules every backend follows:
   tokens raises `NotImplementedError` and the harness compares free-running tokens instead.
 * Failures are exceptions: a CUDA out-of-memory error is recognised by the harness (any
   exception whose text says "out of memory"), anything else becomes an `error` row. A model that
-  cannot fit is `DoesNotFit(required_bytes, available_bytes)`, which becomes a `skipped` row.
+  cannot fit is `DoesNotFit(required_bytes, available_bytes)`, which becomes a `skipped` row (from
+  `load`: every point of the group; from `generate`: that point).
 """
 
 from __future__ import annotations

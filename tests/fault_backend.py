@@ -4,7 +4,8 @@
   oom    raises an error worded like CUDA's out-of-memory error;
   error  raises an ordinary exception;
   kill   sends SIGKILL to its own process;
-  hang   sleeps far past any point timeout.
+  hang   sleeps far past any point timeout;
+  big    raises DoesNotFit (a batch the engine cannot hold, as vLLM's KV cache check does).
 `does_not_fit: true` makes load raise DoesNotFit.
 `prefill_ms` [a, b, ...]: the n-th prefill sleeps the n-th time, the last one from then on (an
 engine whose first calls at a shape are slow).
@@ -47,6 +48,8 @@ class FaultBackend(StepBackend):
             os.kill(os.getpid(), signal.SIGKILL)
         if fault == "hang":
             time.sleep(3600)
+        if fault == "big":
+            raise DoesNotFit(3 * 2**30, 2**30, f"the KV cache of batch {prompts.shape[0]}")
         if times := self.options["prefill_ms"]:
             time.sleep(times[min(self.prefills, len(times) - 1)] / 1e3)
         self.prefills += 1

@@ -255,15 +255,17 @@ def test_a_batch_the_kv_cache_cannot_hold_at_once_is_a_skipped_point():
     from harness.engine import DoesNotFit
     from backends.vllm import check_kv_fit
 
-    log = ("INFO [kv_cache_utils.py:2177] GPU KV cache size: 2,414,294 tokens\n"
+    log = ("INFO [default_loader.py:384] Model loading took 13.0 GiB memory and 4.2 seconds\n"
+           "INFO [kv_cache_utils.py:2177] GPU KV cache size: 2,414,294 tokens\n"
            "INFO [kv_cache_utils.py:2178] Maximum concurrency for 8,448 tokens per request: 285.79x\n")
     spec = SPECS["gpt-oss-20b"]
     check_kv_fit(log, spec, 256, 8448)  # 2,162,688 tokens: all 256 sequences at once
     check_kv_fit("no engine log yet", spec, 4096, 8448)  # nothing to check against
-    with pytest.raises(DoesNotFit, match=r"the KV cache of 512 x 8,448 tokens \(2,414,294 tokens fit\)") as e:
+    with pytest.raises(DoesNotFit, match=r"the weights and the KV cache of 512 x 8,448 tokens \(2,414,294 tokens fit\)") as e:
         check_kv_fit(log, spec, 512, 8448)
-    assert e.value.required_bytes == spec.kv_cache_bytes(512, 8448)
-    assert e.value.available_bytes == pytest.approx(spec.kv_cache_bytes(512, 8448) * 2414294 / (512 * 8448))
+    kv = spec.kv_cache_bytes(512, 8448)
+    assert e.value.required_bytes == 13 * 2**30 + kv
+    assert e.value.available_bytes == pytest.approx(13 * 2**30 + kv * 2414294 / (512 * 8448))
 
 
 # ---- the timing cross-check against `vllm bench latency` (benchmarks/cross_check.py) ---------------

@@ -15,19 +15,21 @@ from harness.results import read_parquet
 
 
 def test_every_fault_is_a_status_and_the_sweep_goes_on(tmp_path):
-    search = fault_conf(tmp_path, fault={"faults": {"oom": 2, "kill": 3, "hang": 5, "error": 6}},
+    search = fault_conf(tmp_path, fault={"faults": {"oom": 2, "kill": 3, "big": 4, "hang": 5, "error": 6}},
                         huge={"does_not_fit": True})
     res = bench(tmp_path, search, *FAULT_POINT, "backend=fault,huge", "workload.batch_size=1,2,3,4,5,6,7",
                 "workload.timeout_s=5")
     # A nightly job must see failed points: exit 1, one line saying how many and how to opt out.
     assert res.returncode == 1, res.stderr
-    assert res.stderr.strip().splitlines()[-1] == ("gptoss-bench: 11 of 14 points are not ok (error, oom, skipped, "
+    assert res.stderr.strip().splitlines()[-1] == ("gptoss-bench: 12 of 14 points are not ok (error, oom, skipped, "
                                                    "timeout); allow_failed_points=true makes that exit 0")
     [run] = run_dirs(tmp_path)
     df = pd.read_parquet(run / "points.parquet").set_index("point_id")
     fault = df[df.backend == "fault"].sort_values("batch_size")
-    assert list(fault.status) == ["ok", "oom", "error", "ok", "timeout", "error", "ok"]
+    assert list(fault.status) == ["ok", "oom", "error", "skipped", "timeout", "error", "ok"]
     assert "out of memory" in fault.error.iloc[1]
+    # a point its engine cannot hold is skipped with what it needs; its group goes on
+    assert "the KV cache of batch 4" in fault.error.iloc[3] and fault.required_gib.iloc[3] == 3.0
     assert "SIGKILL" in fault.error.iloc[2]
     assert "killed" in fault.error.iloc[4] and "5 s" in fault.error.iloc[4]
     assert "ValueError: injected fault" in fault.error.iloc[5]

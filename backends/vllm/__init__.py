@@ -137,14 +137,15 @@ def ttft_parts(added: float, start: float, first: list[tuple[float, float]]) -> 
 
 
 def check_kv_fit(log: str, spec, batch: int, tokens: int) -> None:
-    """Refuse a batch whose context vLLM's KV cache cannot hold at once (DoesNotFit: a skipped row).
-    Its scheduler would queue or preempt the excess, and the point would measure a smaller batch
-    under the larger one's name."""
+    """Refuse a batch whose context vLLM's KV cache cannot hold at once (DoesNotFit: a skipped row,
+    with the weights and KV cache it would need). Its scheduler would queue or preempt the excess,
+    and the point would measure a smaller batch under the larger one's name."""
     capacity = paths.kv_tokens(log)
     if capacity is not None and batch * tokens > capacity:
-        need = spec.kv_cache_bytes(batch, tokens)
-        raise DoesNotFit(need, need * capacity / (batch * tokens),
-                         f"the KV cache of {batch} x {tokens:,} tokens ({capacity:,} tokens fit)")
+        kv = spec.kv_cache_bytes(batch, tokens)
+        weights = (paths.memory(log)["weights_gib"] or 0.0) * 2**30
+        raise DoesNotFit(weights + kv, weights + kv * capacity / (batch * tokens),
+                         f"the weights and the KV cache of {batch} x {tokens:,} tokens ({capacity:,} tokens fit)")
 
 
 class VLLM(Backend):

@@ -155,7 +155,7 @@ class GroupRun:
         if res.status == "ok":
             self.record(point, self.row(point, started_at, "ok", **res.data["row"]), res.data)
         else:
-            self.record(point, self.row(point, started_at, res.status, error=res.error))
+            self.record(point, self.row(point, started_at, res.status, error=res.error, required_gib=res.required_gib))
         return worker
 
 
