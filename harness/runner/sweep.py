@@ -52,7 +52,7 @@ def combinations(config_loader, overrides: list[str], arms: list[str] = ()) -> l
     product = BasicSweeper.split_arguments(parsed, None)[0]
     if not arms:
         return product
-    swept = {o.key_or_group for o in parsed}
+    outside = {o.key_or_group for o in parsed}  # what the command line and the sweep's params set
     combos = []
     for arm in arms:
         try:
@@ -63,7 +63,7 @@ def combinations(config_loader, overrides: list[str], arms: list[str] = ()) -> l
         if len(keys) < len(own) or not own:
             raise SweepError(f"arms: {arm!r}: an arm is one set-up (key=value ...); sweep values with -m "
                              "on the command line or in hydra.sweeper.params")
-        if both := sorted(swept & set(keys)):
+        if both := sorted(outside & set(keys)):
             raise SweepError(f"arms: {arm!r} sets {', '.join(both)}, which the command line or the sweep also "
                              "sets; set it in every arm or outside the arms, not both")
         combos += [c + own for c in product]
