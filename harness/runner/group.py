@@ -8,7 +8,7 @@ that loads the engine once and serves the points in sweep order. Every point end
   error     an exception (one line here, the traceback in logs/<group>.log), or the worker died
             (the signal is named) and is restarted for the points after it;
   timeout   no result within workload.timeout_s: the worker is killed and restarted;
-  skipped   the model does not fit (harness.engine.DoesNotFit), with required_gib.
+  skipped   the model, or the point's batch, does not fit (harness.engine.DoesNotFit), with required_gib.
 A load that fails gives its status to every remaining point of the group.
 """
 
