@@ -197,8 +197,9 @@ class SweepConfig:
     agreement: AgreementSchema = field(default_factory=AgreementSchema)
     results_dir: str = _key("run folders go to <results_dir>/<run_id>/")
     reports_dir: str = _key("the HTML report of a sweep goes to <reports_dir>/<run_id>.html")
-    arms: List[str] = field(default_factory=list, metadata={"help": "engine set-ups compared in one run folder, each "
-                            "a string of overrides (backend=vllm backend.moe_path=marlin): the sweep runs once per arm"})
+    arms: List[str] = field(default_factory=list, metadata={
+        "help": "engine set-ups compared in one run folder, each a string of overrides "
+                "(backend=vllm backend.moe_path=marlin): the sweep runs once per arm"})
     run_id: Optional[str] = _key("null: a new UTC timestamp; letters, digits, '.', '_', '-'", default=None)
     resume: Any = _key("true (with run_id) or a run folder: rerun the points without an ok row", default=False)
     rerun: Optional[str] = _key("a run folder: measure again, into a new run, the points `only` selects", default=None)

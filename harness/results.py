@@ -43,6 +43,14 @@ IDENTITY_COLUMNS: dict[str, pa.DataType] = {  # filled by the group that runs th
     # provenance: the worker group that ran the point (its log is logs/<group>.log), its load time
     "group": pa.string(), "load_s": pa.float64(),
 }
+
+
+def engine_label(backend: str, setup) -> str:
+    """A backend as results name it: with its set-up where the sweep ran it in several,
+    `vllm [moe_path=marlin]`."""
+    return f"{backend} [{setup}]" if isinstance(setup, str) and setup else str(backend)
+
+
 ROOFLINE_COLUMNS: dict[str, pa.DataType] = {c: pa.string() if c == "bound" else pa.float64() for c in roofline.COLUMNS}
 
 # Every column the harness fills, each group declared beside the code that fills it; a backend's
@@ -90,7 +98,8 @@ def write_atomic(table: pa.Table, path: Path) -> None:
         raise
 
 
-def read_parquet(path: Path, columns: list[str] | None = None, read_dictionary: list[str] | None = None) -> pd.DataFrame:
+def read_parquet(path: Path, columns: list[str] | None = None,
+                 read_dictionary: list[str] | None = None) -> pd.DataFrame:
     """A parquet file as one snapshot. Read through one open handle: a path read stats the file and
     opens it again, so a sweep's write_atomic landing in between tears the read."""
     with open(path, "rb") as f:

@@ -4,18 +4,22 @@ its bf16 layout (vLLM's CPU MXFP4 kernels need AMX): the tokens against torch_re
 shape, the MoE path from vLLM's log, and a server that fails to start or dies mid-point."""
 
 import gzip
+import importlib.util
 import json
 import os
 import subprocess
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from harness.engine import DoesNotFit
 from harness.model.load_request import LoadRequest
+from harness.results import POINT_COLUMNS, to_table, write_atomic
 from backends.torch_ref import TorchRef
-from backends.vllm import VLLM, paths
+from backends.vllm import VLLM, check_kv_fit, paths
 from backends.vllm.profile import EngineTraces, phase_trace
 from harness.telemetry.kernel_timeline import kernel_table, load_trace
 from test_telemetry_kernels import Trace
@@ -252,17 +256,16 @@ def test_a_server_that_cannot_start_is_an_error_with_its_log(checkpoint, prompts
 
 
 def test_a_batch_the_kv_cache_cannot_hold_at_once_is_a_skipped_point():
-    from harness.engine import DoesNotFit
-    from backends.vllm import check_kv_fit
-
     log = ("INFO [default_loader.py:384] Model loading took 13.0 GiB memory and 4.2 seconds\n"
            "INFO [kv_cache_utils.py:2177] GPU KV cache size: 2,414,294 tokens\n"
            "INFO [kv_cache_utils.py:2178] Maximum concurrency for 8,448 tokens per request: 285.79x\n")
-    spec = SPECS["gpt-oss-20b"]
-    check_kv_fit(log, spec, 256, 8448)  # 2,162,688 tokens: all 256 sequences at once
-    check_kv_fit("no engine log yet", spec, 4096, 8448)  # nothing to check against
-    with pytest.raises(DoesNotFit, match=r"the weights and the KV cache of 512 x 8,448 tokens \(2,414,294 tokens fit\)") as e:
-        check_kv_fit(log, spec, 512, 8448)
+    spec, fit = SPECS["gpt-oss-20b"], paths.kv_fit(log)
+    assert fit == (2414294, 13.0)
+    check_kv_fit(spec, 256, 8448, *fit)  # 2,162,688 tokens: all 256 sequences at once
+    check_kv_fit(spec, 4096, 8448, *paths.kv_fit("no engine log yet"))  # nothing to check against
+    with pytest.raises(DoesNotFit, match=r"the weights and the KV cache of 512 x 8,448 tokens "
+                                         r"\(2,414,294 tokens fit\)") as e:
+        check_kv_fit(spec, 512, 8448, *fit)
     kv = spec.kv_cache_bytes(512, 8448)
     assert e.value.required_bytes == 13 * 2**30 + kv
     assert e.value.available_bytes == pytest.approx(13 * 2**30 + kv * 2414294 / (512 * 8448))
@@ -271,12 +274,6 @@ def test_a_batch_the_kv_cache_cannot_hold_at_once_is_a_skipped_point():
 # ---- the timing cross-check against `vllm bench latency` (benchmarks/cross_check.py) ---------------
 
 def test_cross_check_sets_our_ttft_and_e2e_against_bench_latency(tmp_path, capsys):
-    import importlib.util
-
-    import pandas as pd
-
-    from harness.results import POINT_COLUMNS, to_table, write_atomic
-
     spec = importlib.util.spec_from_file_location("cross_check", ROOT / "benchmarks" / "cross_check.py")
     cross_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cross_check)

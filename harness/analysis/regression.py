@@ -2,8 +2,8 @@
 metric, with statistics that know the noise (issue 13; gptoss-compare is the command).
 
 Points are matched on their identity (IDENTITY: backend and its set-up, model, quant, batch size,
-context, new tokens, router skew, hardware label, GPU name); engine version, commit and driver are shown for
-each side, never matched, since a change in them is what a nightly comparison looks for.
+context, new tokens, router skew, hardware label, GPU name); engine version, commit and driver are
+shown for each side, never matched, since a change in them is what a nightly comparison looks for.
 
 The unit of evidence is the repeat or the run, never the decode step: steps of one generate call
 share its clocks, cache state and neighbours, so thousands of steps are not thousands of
@@ -78,7 +78,7 @@ import ruptures
 from scipy import stats
 
 from harness.analysis.thresholds import IDENTITY, MetricThreshold, Thresholds
-from harness.results import POINT_COLUMNS, read_parquet, write_text_atomic
+from harness.results import POINT_COLUMNS, engine_label, read_parquet, write_text_atomic
 
 FAILED = frozenset({"oom", "error", "timeout"})
 # severity order: the terminal table and the reports list verdicts in this order
@@ -130,9 +130,8 @@ def point_key(points: pd.DataFrame) -> pd.Series:
 def point_label(row) -> str:
     """A point as a reader names it: `triton_mxfp4 mxfp4 · gpt-oss-20b · batch 8 · context 2048 · 128 new · H100`."""
     skew = row.get("router_skew")
-    setup = row.get("setup")
-    parts = [f"{row['backend']}{f' [{setup}]' if setup and not pd.isna(setup) else ''} {row['quant']}", str(row["model"]), f"batch {row['batch_size']}",
-             f"context {row['context_len']}", f"{row['new_tokens']} new",
+    parts = [f"{engine_label(row['backend'], row.get('setup'))} {row['quant']}", str(row["model"]),
+             f"batch {row['batch_size']}", f"context {row['context_len']}", f"{row['new_tokens']} new",
              *([f"skew {skew:g}"] if skew and not pd.isna(skew) else []), str(row["hardware"])]
     return " · ".join(parts)
 

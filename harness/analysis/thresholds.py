@@ -13,8 +13,8 @@ from pathlib import Path
 from harness.analysis.yaml_file import read_yaml
 
 DEFAULTS = Path(__file__).with_name("thresholds.yaml")
-IDENTITY = ("backend", "setup", "model", "quant", "batch_size", "context_len", "new_tokens", "router_skew", "hardware",
-            "gpu_name")
+IDENTITY = ("backend", "setup", "model", "quant", "batch_size", "context_len", "new_tokens", "router_skew",
+            "hardware", "gpu_name")
 
 
 class ThresholdError(ValueError):

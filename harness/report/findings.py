@@ -18,6 +18,7 @@ import yaml
 
 from harness.report.numbers import integer, number, percent, ratio
 from harness.report.runs import RunInfo, Runs
+from harness.results import engine_label
 from harness.config import WARMUP_RUN, WARMUP_SETTLED
 from harness.telemetry.kernel_categories import LAUNCH_GAP
 
@@ -97,8 +98,7 @@ def _present(row, column: str) -> bool:
 
 
 def _backend(row) -> str:
-    """The backend, with its set-up where the sweep ran it in several: `vllm [moe_path=marlin]`."""
-    return f"{row['backend']} [{row['setup']}]" if _present(row, "setup") else str(row["backend"])
+    return engine_label(row["backend"], row.get("setup"))
 
 
 def _engine(row) -> str:
@@ -119,7 +119,8 @@ def _ok(points: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 
 def _order(points: pd.DataFrame) -> pd.DataFrame:
-    return points.sort_values(["model", "batch_size", "context_len", "backend", "setup", "quant"], na_position="last")
+    return points.sort_values(["model", "batch_size", "context_len", "backend", "setup", "quant"],
+                              na_position="last")
 
 
 # ---- what ran ------------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ SECTIONS = [
 # and percent cells are numbers)
 TABLE = [
     ("run", "run", "text"), ("model", "model", "text"), ("backend", "backend", "text"), ("setup", "set-up", "text"),
-    ("quant", "quant", "text"), ("batch_size", "batch", "int"), ("context_len", "context", "int"), ("status", "status", "status"),
+    ("quant", "quant", "text"), ("batch_size", "batch", "int"), ("context_len", "context", "int"),
+    ("status", "status", "status"),
     ("ttft_ms", "TTFT ms", "number"), ("tpot_ms_p50", "TPOT p50 ms", "number"),
     ("tpot_ms_p99", "TPOT p99 ms", "number"), ("decode_tok_s", "decode tok/s", "number"),
     ("peak_mem_gib", "peak mem GiB", "number"), ("torch_peak_gib", "torch peak GiB", "number"),

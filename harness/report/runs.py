@@ -117,9 +117,8 @@ def series_title(points: pd.DataFrame) -> str:
 
 def _series(points: pd.DataFrame) -> pd.Categorical:
     parts = series_parts(points)
-    # backend, with its set-up where it has one: `vllm [moe_path=marlin] mxfp4`
-    name = points["backend"].astype(str) + points["setup"].map(lambda s: f" [{s}]" if s else "") + " " \
-        + points["quant"].astype(str)
+    name = pd.Series([f"{results.engine_label(b, s)} {q}" for b, s, q in
+                      zip(points["backend"], points["setup"], points["quant"])], index=points.index)
     for part in reversed(parts[:-2]):  # run, then model, before the engine
         name = points[part].fillna("?").astype(str) + " · " + name
     # one category order for all frames, so a series keeps its colour and legend place everywhere

@@ -194,17 +194,19 @@ def _unique(names: list[str], keys: list) -> list[str]:
     return [n if len(owners[n]) == 1 else f"{n}-{_digest(k)}" for n, k in zip(names, keys)]
 
 
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def _setups(configs: list[PointConfig]) -> list[str]:
     """Each point's engine set-up where its backend runs more than one in the sweep: the backend
     options whose values differ among that backend's points ("moe_path=marlin"); "" where it runs one."""
     options = defaultdict(list)
     for c in configs:
         options[c.backend.name].append(c.backend.options)
-    varying = {name: sorted({k for o in opts for k in o if len({json.dumps(p.get(k), sort_keys=True) for p in opts}) > 1})
+    varying = {name: [k for k in sorted({k for o in opts for k in o}) if len({_text(o.get(k)) for o in opts}) > 1]
                for name, opts in options.items()}
-    def text(v) -> str:
-        return v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
-    return [" ".join(f"{k}={text(c.backend.options.get(k))}" for k in varying[c.backend.name]) for c in configs]
+    return [" ".join(f"{k}={_text(c.backend.options.get(k))}" for k in varying[c.backend.name]) for c in configs]
 
 
 def _slug(setup: str) -> str:
