@@ -4,7 +4,7 @@
 # so that each 10-minute device call runs the ones it has time for; figures go to benchmarks/LOG.md.
 #
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
-#   steps: stage:N (copy .carryN/* to /tmp/stage)  install  sweep  peers  peers8k  peers120b  paths
+#   steps: stage:N (copy .carryN/* to /tmp/stage)  wheels  restore  install  sweep  peers  peers8k  peers120b  paths
 #          (PATHS="marlin ..." to choose, PATH_CAP=seconds each)  ttft  serve  openloop  latency
 #          (LATENCY="BATCHxOUT[@CHUNK] ...")  check  engine  gemv  llama  tests (TESTS="tests/test_x.py ...")
 #
@@ -48,10 +48,13 @@ export CHUNK VLLM; export -f bench vllm_bench serve peers_sweep
 for s in "$@"; do case $s in
   stage:*)
     mkdir -p /tmp/stage && cp ".carry${s#stage:}"/* /tmp/stage/ && ls -la /tmp/stage;;
-  install)  # the bundle, and the harness's wheels the GPU image lacks (hydra, plotly, nvtx, ...)
-    bash /tmp/stage/install.sh /tmp/vllm > /tmp/vllm.env && . /tmp/vllm.env && cat /tmp/vllm.env
+  wheels)  # the harness's wheels the GPU image lacks (hydra, plotly, nvtx, ruptures; .whl carried)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      .whl/*.whl .whl/*.tar.gz
+      .whl/*.whl .whl/*.tar.gz;;
+  restore)  # run folders an earlier machine measured (its results.tgz, carried in .carryR), to resume
+    mkdir -p "$res" && tar xzf .carryR/results.tgz -C "$res" && ls "$res";;
+  install)  # the bundle (after `wheels`)
+    bash /tmp/stage/install.sh /tmp/vllm > /tmp/vllm.env && . /tmp/vllm.env && cat /tmp/vllm.env
     python3 -c "import vllm, hydra, plotly; print('vllm', vllm.__version__)"
     # the 20b checkpoint, unless CHECKPOINT=none (a call that goes on to peers120b, which deletes it)
     [ "${CHECKPOINT:-}" = none ] || step 240 python3 -m harness.model.synthetic --model gpt-oss-20b | tee "$out/checkpoint.txt";;
@@ -64,23 +67,7 @@ for s in "$@"; do case $s in
     # context 1k and 8k, every point profiled); a call that runs out of time keeps the points it
     # finished, and the next `sweep` call resumes the rest
     peers_sweep peers model=gpt-oss-20b "arms=['backend=triton_mxfp4','backend=vllm backend.moe_path=auto $VLLM',\
-'backend=vllm backend.moe_path=triton_unfused $VLLM','backend=vllm backend.moe_path=marlin $VLLM']";;
-  peers)  # issue 15 item 2 / issue 16: both engines on the same checkpoint, context 1k
-    # (ENGINES="triton vllm" and BATCHES=1,8,64,256 to choose; a subset gets a run folder of its own)
-    b=${BATCHES:-1,8,64,256}; tag=${BATCHES:+-b${b//,/-}}
-    [[ " ${ENGINES:-triton vllm} " == *" triton "* ]] && step 150 bench backend=triton_mxfp4 -m workload.batch_size=$b run_id=peers-triton$tag
-    [[ " ${ENGINES:-triton vllm} " == *" vllm "* ]] && step 330 vllm_bench -m workload.batch_size=$b run_id=peers-vllm-auto$tag;;
-  sweep)  # item 2 in one run folder: sweep=peers (triton_mxfp4 and vLLM's MoE paths, 20b, batch 1-256,
-    # context 1k and 8k, every point profiled), vLLM capturing graphs at the measured batches only;
-    # a call that runs out of time leaves the points it finished, and the next `sweep` resumes them
-    g="backend.python=python3 +backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]"
-    if [ -f "$res/peers/config.yaml" ]; then
-      step 570 python3 -m harness resume=true run_id=peers results_dir="$res" reports_dir="$res/reports"
-    else
-      step 570 python3 -m harness sweep=peers model=gpt-oss-20b hardware=H200 run_id=peers results_dir="$res" \
-        reports_dir="$res/reports" "arms=['backend=triton_mxfp4','backend=vllm backend.moe_path=auto $g',\
-'backend=vllm backend.moe_path=triton_unfused $g','backend=vllm backend.moe_path=marlin $g']"
-    fi;;
+'backend=vllm backend.moe_path=marlin $VLLM','backend=vllm backend.moe_path=triton_unfused $VLLM']";;
   peers8k)  # context 8k (batch 256 x 8k would need 103 GB of KV cache beside 13 GB of weights)
     step 150 bench backend=triton_mxfp4 telemetry.profile=all workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-triton
     step 330 vllm_bench workload.context_len=8192 -m workload.batch_size=1,8,64 run_id=peers8k-vllm-auto;;
