@@ -3,7 +3,10 @@ cross-check): each latency-BxN.json (written by gpu_peers.sh's `latency` step) a
 point of the run folder at batch B. With N = 1 bench's latency is the prefill and one token, so it
 is set against our TTFT; with N = the run's new_tokens, against our whole call (e2e_ms).
 
-    python benchmarks/cross_check.py RUN_DIR LATENCY_JSON... [--tolerance 0.05]
+    python benchmarks/cross_check.py RUN_DIR LATENCY_JSON... [--setup moe_path=auto] [--tolerance 0.05]
+
+A run folder with several vLLM set-ups (sweep=peers' arms) needs --setup: the one `bench latency`
+ran (its default MoE path is `moe_path=auto`).
 
 bench latency's iterations are not all alike: its first timed ones can still be slow after its 8
 warm-up iterations (1.31 and 1.37 s beside 0.11 s at batch 8, 2026-12-03). The verdict is against
@@ -36,10 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", help="a run folder with backend=vllm points")
     ap.add_argument("latency", nargs="+", type=Path, help="latency-BxN.json files")
     ap.add_argument("--context", type=int, default=1024, help="the points' context (gpu_peers.sh: --input-len 1024)")
+    ap.add_argument("--setup", help="the vLLM set-up to check, where the run has several (e.g. moe_path=auto)")
     ap.add_argument("--tolerance", type=float, default=0.05)
     args = ap.parse_args(argv)
     points = load(args.run)
     points = points[(points.backend == "vllm") & (points.status == "ok") & (points.context_len == args.context)]
+    setups = sorted(points.setup.unique())
+    if args.setup is not None:
+        points = points[points.setup == args.setup]
+        if points.empty:
+            raise SystemExit(f"--setup {args.setup}: no ok vLLM point at context {args.context} has it; "
+                             f"the run's set-ups: {', '.join(setups) or 'none'}")
+    elif len(setups) > 1:
+        raise SystemExit(f"{args.run} has several vLLM set-ups ({', '.join(setups)}): name the one "
+                         f"`bench latency` ran with --setup (its default MoE path: moe_path=auto)")
     points = points.drop_duplicates("batch_size", keep="last").set_index("batch_size")
     print("| batch | ours | bench latency p50 | its last half | ours vs p50 | within |")
     print("| --- | --- | --- | --- | --- | --- |")

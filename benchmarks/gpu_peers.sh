@@ -85,8 +85,10 @@ for s in "$@"; do case $s in
     [[ " ${ADMITS:-batch stream} " == *" batch "* ]] && step 280 vllm_bench "$v" backend.admit=batch -m workload.batch_size=1,8,64 run_id=ttft-batch
     [[ " ${ADMITS:-batch stream} " == *" stream "* ]] && step 200 vllm_bench "$v" backend.admit=stream workload.batch_size=8 run_id=ttft-stream
     (cd "$res" && tar czf "$out/ttft-traces.tgz" ttft-*/traces/*-b8-*.json.gz);;
-  check)  # the timing cross-check: the `ttft` step's points against the `latency` step's (CHECK_RUN to choose)
-    python3 benchmarks/cross_check.py "$res/${CHECK_RUN:-ttft-batch}" "$out"/latency-*.json | tee "$out/cross_check.md";;
+  check)  # the timing cross-check: the `ttft` step's points against the `latency` step's (CHECK_RUN and
+    # CHECK_SETUP to choose, e.g. CHECK_RUN=peers CHECK_SETUP=moe_path=auto)
+    python3 benchmarks/cross_check.py "$res/${CHECK_RUN:-ttft-batch}" "$res"/latency/latency-*.json \
+      ${CHECK_SETUP:+--setup $CHECK_SETUP} | tee "$out/cross_check.md";;
   paths)  # vLLM's other MXFP4 MoE paths on sm_90 (FlashInfer's CUTLASS MoE compiles with nvcc on
     # first use: more than 300 s on the H200, 2026-12-03)
     for p in ${PATHS:-marlin triton_unfused flashinfer_cutlass_bf16}; do
@@ -97,14 +99,16 @@ for s in "$@"; do case $s in
   openloop)  # the same server under Poisson arrivals of 8 req/s, 128 requests
     step 300 serve backend.request_rate=8 backend.num_requests=128 workload.batch_size=64 workload.repeats=1 run_id=serve-open;;
   latency)  # vLLM's own `vllm bench latency` on the same checkpoint and engine settings: BATCHxOUT
-    # with OUT 256 checks TTFT + 255 TPOT, with OUT 1 (prefill and the first token) TTFT alone
+    # with OUT 256 checks TTFT + 255 TPOT, with OUT 1 (prefill and the first token) TTFT alone; its
+    # JSONs go to $res/latency, so a `check` in a later call on the same machine finds them
+    mkdir -p "$res/latency"
     ckpt=$(python3 -m harness.model.synthetic --model gpt-oss-20b | tail -1 | cut -f1)  # written once, then found
     for p in ${LATENCY:-1x256 64x256 1x1 8x1 64x1}; do  # BATCHxOUT[@CHUNK]
       b=${p%x*}; n=${p#*x}; c=$CHUNK; [[ $n == *@* ]] && { c=${n#*@}; n=${n%@*}; }
       step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len $n \
         --batch-size $b --num-iters-warmup 8 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
         --no-enable-prefix-caching --max-model-len 1280 --max-num-seqs 256 --cudagraph-capture-sizes 1 8 64 256 \
-        --max-num-batched-tokens $c --output-json "$out/latency-$p.json" > "$out/latency-$p.log" 2>&1
+        --max-num-batched-tokens $c --output-json "$res/latency/latency-$p.json" > "$out/latency-$p.log" 2>&1
       tail -3 "$out/latency-$p.log"
     done;;
   engine)  # issue 16: the engine's targets (ceilings measured in the same run); with the gemv step's

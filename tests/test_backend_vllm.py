@@ -296,3 +296,24 @@ def test_cross_check_sets_our_ttft_and_e2e_against_bench_latency(tmp_path, capsy
     (tmp_path / "latency-64x1.json").write_text(json.dumps({"latencies": [0.8] * 8}))
     assert cross_check.main([str(run), str(tmp_path / "latency-64x1.json")]) == 1
     assert "no ok vLLM point" in capsys.readouterr().out
+
+
+def test_cross_check_of_a_run_with_several_vllm_setups_takes_the_one_named(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("cross_check", ROOT / "benchmarks" / "cross_check.py")
+    cross_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cross_check)
+    run = tmp_path / "peers"
+    run.mkdir()
+    rows = [dict(point_id=f"{setup}-b8", backend="vllm", setup=setup, status="ok", batch_size=8, context_len=1024,
+                 new_tokens=256, ttft_ms=ttft, e2e_ms=2000.0) for setup, ttft in (("moe_path=auto", 119.0),
+                                                                                  ("moe_path=marlin", 240.0))]
+    write_atomic(to_table(pd.DataFrame(rows), POINT_COLUMNS), run / "points.parquet")
+    (tmp_path / "latency-8x1.json").write_text(json.dumps({"latencies": [0.118] * 8}))
+    latency = str(tmp_path / "latency-8x1.json")
+
+    with pytest.raises(SystemExit, match=r"several vLLM set-ups \(moe_path=auto, moe_path=marlin\): name the one"):
+        cross_check.main([str(run), latency])
+    with pytest.raises(SystemExit, match=r"--setup moe_path=triton: no ok vLLM point .* moe_path=auto, moe_path=marlin"):
+        cross_check.main([str(run), latency, "--setup", "moe_path=triton"])
+    assert cross_check.main([str(run), latency, "--setup", "moe_path=auto"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "| 8 | TTFT 119.0 ms | 118.0 ms | 118.0 ms | +0.8% | yes |"
