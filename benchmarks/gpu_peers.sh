@@ -51,8 +51,9 @@ for s in "$@"; do case $s in
   wheels)  # the harness's wheels the GPU image lacks (hydra, plotly, nvtx, ruptures; .whl carried)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       .whl/*.whl .whl/*.tar.gz;;
-  restore)  # run folders an earlier machine measured (its results.tgz, carried in .carryR), to resume
-    mkdir -p "$res" && tar xzf .carryR/results.tgz -C "$res" && ls "$res";;
+  restore)  # run folders an earlier machine measured, to resume: its results.tgz, carried beside a
+    # chunk in a .carryN folder and staged
+    mkdir -p "$res" && tar xzf /tmp/stage/results.tgz -C "$res" && ls "$res";;
   install)  # the bundle (after `wheels`)
     bash /tmp/stage/install.sh /tmp/vllm > /tmp/vllm.env && . /tmp/vllm.env && cat /tmp/vllm.env
     python3 -c "import vllm, hydra, plotly; print('vllm', vllm.__version__)"
