@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 import torch
 
 from harness.engine import DoesNotFit
@@ -273,16 +274,22 @@ def test_a_batch_the_kv_cache_cannot_hold_at_once_is_a_skipped_point():
 
 # ---- the timing cross-check against `vllm bench latency` (benchmarks/cross_check.py) ---------------
 
-def test_cross_check_sets_our_ttft_and_e2e_against_bench_latency(tmp_path, capsys):
+def cross_check_of(run, rows):
+    """benchmarks/cross_check.py as a module, and `rows` written as the run folder's points."""
     spec = importlib.util.spec_from_file_location("cross_check", ROOT / "benchmarks" / "cross_check.py")
     cross_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cross_check)
-    run = tmp_path / "ttft-batch"
     run.mkdir()
-    rows = [dict(point_id=f"b{b}-c{c}", backend="vllm", status="ok", batch_size=b, context_len=c, new_tokens=256,
-                 ttft_ms=ttft, e2e_ms=e2e) for b, c, ttft, e2e in
-            ((1, 1024, 61.0, 800.0), (8, 1024, 120.0, 1400.0), (8, 8192, 900.0, 2500.0))]
     write_atomic(to_table(pd.DataFrame(rows), POINT_COLUMNS), run / "points.parquet")
+    return cross_check
+
+
+def test_cross_check_sets_our_ttft_and_e2e_against_bench_latency(tmp_path, capsys):
+    run = tmp_path / "ttft-batch"
+    cross_check = cross_check_of(run, [
+        dict(point_id=f"b{b}-c{c}", backend="vllm", status="ok", batch_size=b, context_len=c, new_tokens=256,
+             ttft_ms=ttft, e2e_ms=e2e)
+        for b, c, ttft, e2e in ((1, 1024, 61.0, 800.0), (8, 1024, 120.0, 1400.0), (8, 8192, 900.0, 2500.0))])
     # bench's seconds: at batch 8 two slow first iterations leave the median alone
     for name, lat in (("latency-1x1.json", [0.060] * 8), ("latency-8x1.json", [1.3, 1.4] + [0.118] * 6),
                       ("latency-8x256.json", [1.50] * 8)):
@@ -290,24 +297,23 @@ def test_cross_check_sets_our_ttft_and_e2e_against_bench_latency(tmp_path, capsy
 
     assert cross_check.main([str(run), *map(str, sorted(tmp_path.glob("latency-*.json")))]) == 1
     lines = capsys.readouterr().out.splitlines()[2:]
-    assert lines == ["| 1 | TTFT 61.0 ms | 60.0 ms | 60.0 ms | +1.7% | yes |",
-                     "| 8 | TTFT 120.0 ms | 118.0 ms | 118.0 ms | +1.7% | yes |",
-                     "| 8 | e2e 1,400.0 ms | 1,500.0 ms | 1,500.0 ms | -6.7% | no |"]
+    assert lines == ["| 1 |  | TTFT 61.0 ms | 60.0 ms | 60.0 ms | +1.7% | yes |",  # no config.yaml: admission unknown
+                     "| 8 |  | TTFT 120.0 ms | 118.0 ms | 118.0 ms | +1.7% | yes |",
+                     "| 8 |  | e2e 1,400.0 ms | 1,500.0 ms | 1,500.0 ms | -6.7% | no |"]
     (tmp_path / "latency-64x1.json").write_text(json.dumps({"latencies": [0.8] * 8}))
     assert cross_check.main([str(run), str(tmp_path / "latency-64x1.json")]) == 1
     assert "no ok vLLM point" in capsys.readouterr().out
 
 
 def test_cross_check_of_a_run_with_several_vllm_setups_takes_the_one_named(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("cross_check", ROOT / "benchmarks" / "cross_check.py")
-    cross_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cross_check)
     run = tmp_path / "peers"
-    run.mkdir()
     rows = [dict(point_id=f"{setup}-b8", backend="vllm", setup=setup, status="ok", batch_size=8, context_len=1024,
                  new_tokens=256, ttft_ms=ttft, e2e_ms=2000.0) for setup, ttft in (("moe_path=auto", 119.0),
                                                                                   ("moe_path=marlin", 240.0))]
-    write_atomic(to_table(pd.DataFrame(rows), POINT_COLUMNS), run / "points.parquet")
+    cross_check = cross_check_of(run, rows)
+    (run / "config.yaml").write_text(yaml.safe_dump({"sweep": {"points": [
+        {"point_id": r["point_id"], "config": {"backend": {"name": "vllm", "options": {"admit": admit}}}}
+        for r, admit in zip(rows, ("stream", "batch"))]}}))
     (tmp_path / "latency-8x1.json").write_text(json.dumps({"latencies": [0.118] * 8}))
     latency = str(tmp_path / "latency-8x1.json")
 
@@ -316,4 +322,4 @@ def test_cross_check_of_a_run_with_several_vllm_setups_takes_the_one_named(tmp_p
     with pytest.raises(SystemExit, match=r"--setup moe_path=triton: no ok vLLM point .* moe_path=auto, moe_path=marlin"):
         cross_check.main([str(run), latency, "--setup", "moe_path=triton"])
     assert cross_check.main([str(run), latency, "--setup", "moe_path=auto"]) == 0
-    assert capsys.readouterr().out.splitlines()[2] == "| 8 | TTFT 119.0 ms | 118.0 ms | 118.0 ms | +0.8% | yes |"
+    assert capsys.readouterr().out.splitlines()[2] == "| 8 | stream | TTFT 119.0 ms | 118.0 ms | 118.0 ms | +0.8% | yes |"
