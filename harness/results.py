@@ -37,6 +37,9 @@ IDENTITY_COLUMNS: dict[str, pa.DataType] = {  # filled by the group that runs th
     "backend_version": pa.string(), "engine_path": pa.string(), "model": pa.string(), "quant": pa.string(),
     "batch_size": pa.int64(), "context_len": pa.int64(), "new_tokens": pa.int64(), "repeats": pa.int64(),
     "seed": pa.int64(), "router_skew": pa.float64(), "gpu_name": pa.string(), "gpu_count": pa.int64(),
+    # NVML UUIDs of the GPUs that measured the point, comma-joined: a run resumed on another machine,
+    # or whose groups ran on several nodes, says which points share a GPU
+    "gpu_uuid": pa.string(),
     "tp": pa.int64(), "ep": pa.int64(), "dp": pa.int64(),
     "hardware": pa.string(), "device_mem_gib": pa.float64(),
     "status": pa.string(), "error": pa.string(),

@@ -65,7 +65,7 @@ def fakes(nvml, gpu: Gpu, t0: float, instant: bool = True) -> dict:
         return [NS(nvmlReturn=nvml.NVML_SUCCESS, value=NS(uiVal=int(gpu.power_field(now()) * 1e3)))]
 
     return {
-        "nvmlInit": lambda: None, "nvmlShutdown": lambda: None,
+        "nvmlInit": lambda: None, "nvmlShutdown": lambda: None, "nvmlDeviceGetCount": lambda: 1,
         "nvmlDeviceGetHandleByIndex": lambda i: f"gpu{i}",
         "nvmlDeviceGetHandleByUUID": lambda u: u.removeprefix("GPU-modelled-"),
         "nvmlDeviceGetUUID": lambda h: f"GPU-modelled-{h}",

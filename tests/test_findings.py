@@ -21,6 +21,7 @@ from harness.results import POINT_COLUMNS, to_table, write_atomic
 CHECKPOINT = "/data/checkpoints/gpt-oss-120b"
 SEED = 7
 GPU, CAPACITY_GIB = "NVIDIA H200", 139.8
+UUID, OTHER_UUID = "GPU-4093be2c-d74f-756d-67ab-f0b5728d0a95", "GPU-7d1e0c55-2b1a-4c9e-9f00-1c2d3e4f5a6b"
 # (backend, model, quant): engines and modes of the recorded sweep; weights GiB and a speed factor
 ENGINES = [("triton_mxfp4", "gpt-oss-20b", "mxfp4", 12.8, 1.0), ("vllm", "gpt-oss-20b", "mxfp4", 13.1, 0.8),
            ("vllm", "gpt-oss-20b", "bf16", 38.9, 0.45), ("triton_mxfp4", "gpt-oss-120b", "mxfp4", 60.8, 0.9),
@@ -34,7 +35,7 @@ def _point(run_id, backend, model, quant, weights_gib, speed, batch, ctx, calibr
     pid = f"{backend}-{model}-{quant}-b{batch}-c{ctx}-n32"
     row = dict(run_id=run_id, point_id=pid, started_at="2026-12-03T10:00:00Z", backend=backend,
                backend_version="0.11.0" if backend == "vllm" else "0.1", model=model, quant=quant, batch_size=batch,
-               context_len=ctx, new_tokens=32, repeats=3, seed=SEED, router_skew=0.0, gpu_name=GPU, gpu_count=1,
+               context_len=ctx, new_tokens=32, repeats=3, seed=SEED, router_skew=0.0, gpu_name=GPU, gpu_uuid=UUID, gpu_count=1,
                hardware="H200 SXM", device_mem_gib=CAPACITY_GIB, weights_gib=weights_gib, group=f"{backend}-{model}-{quant}")
     if weights_gib > CAPACITY_GIB:
         return row | dict(status="skipped", error=f"does not fit: needs {weights_gib:.1f} GiB of {CAPACITY_GIB} GiB")
@@ -78,6 +79,8 @@ def record_run(root, run_id="20261203T100000Z", calibrated=True, faults=True, me
         by_id["vllm-gpt-oss-20b-mxfp4-b8-c128-n32"] |= dict(warmup_calls=10, warmup_settled=False)
         by_id["vllm-gpt-oss-20b-mxfp4-b1-c128-n32"] |= dict(warmup_calls=4, warmup_settled=True)
         by_id["vllm-gpt-oss-120b-mxfp4-b8-c8192-n32"] |= dict(agreement=0.5, agreement_forced=False)
+        for pid in ("vllm-gpt-oss-120b-bf16-b1-c128-n32", "vllm-gpt-oss-20b-bf16-b64-c8192-n32"):
+            by_id[pid] |= dict(gpu_uuid=OTHER_UUID)  # resumed on another machine
     if not measured:
         rows = [r | dict.fromkeys(["mbu", "mbu_datasheet", "energy_j_per_tok", "cv", "agreement", "engine_path",
                                    "throttled", "decode_bytes_per_step", "peak_mem_gib", "weights_gib"]) for r in rows]
@@ -232,6 +235,17 @@ def test_paths_failures_throttling_disagreement_and_noise(run):
         {(p, n) for (_, p), n in recorded.groupby(["model", "engine_path"]).size().items()}
 
 
+def test_points_of_several_gpus_are_counted_by_uuid(run, tmp_path):
+    [gpus] = [f for f in findings(load_runs([run])) if f.kind == "gpus"]
+    assert gpus.level == "note"
+    assert "measured on 2 GPUs" in gpus.text
+    assert f"{UUID}: 34 points (triton_mxfp4 mxfp4, vllm mxfp4, vllm bf16)" in gpus.text
+    assert f"{OTHER_UUID}: 2 points (vllm bf16)" in gpus.text
+    assert {q.value for q in gpus.quotes.values()} == {UUID, OTHER_UUID}
+    one_gpu = record_run(tmp_path / "one", faults=False)
+    assert not [f for f in findings(load_runs([one_gpu])) if f.kind == "gpus"]
+
+
 def test_host_bound_phases_are_those_mostly_idle(run):
     found = [f for f in findings(load_runs([run])) if f.kind == "host"]
     kernels = pd.DataFrame(PROFILED, columns=["point_id", "phase", "kernel", "category", "calls", "total_ms"])
@@ -245,7 +259,7 @@ def test_host_bound_phases_are_those_mostly_idle(run):
 def test_no_sentence_for_absent_data(tmp_path):
     found = findings(load_runs([record_run(tmp_path, faults=False, measured=False)]))
     kinds = {f.kind for f in found}
-    assert kinds & {"mbu", "path", "throttled", "disagrees", "noisy", "unsettled", "host"} == set()
+    assert kinds & {"gpus", "mbu", "path", "throttled", "disagrees", "noisy", "unsettled", "host"} == set()
     quant = [f for f in found if f.kind == "quant"]
     assert quant and all(set(f.numbers) & {"memory", "energy"} == set() for f in quant)
     assert all("energy" not in f.text and "weights" not in f.text for f in quant)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import nvml_model
+from bench_cli import FAULT_POINT, bench, fault_conf, run_dirs
 from harness.telemetry import POINT_TELEMETRY_COLUMNS, TELEMETRY_COLUMNS, Telemetry, TelemetryConfig, energy, throttle
 from harness.telemetry.energy import Window
 from nvml_model import Gpu
@@ -303,3 +304,15 @@ def test_nvtx_ranges_switch_off_and_survive_a_missing_package(monkeypatch):
     assert isinstance(nvtx_ranges.nvtx_range("point"), contextlib.nullcontext)
     monkeypatch.undo()
     nvtx_ranges.set_enabled(True)
+
+
+def test_a_sweeps_rows_name_the_gpu_that_measured_them(tmp_path, monkeypatch):
+    """gpu_uuid: the NVML UUID of the worker's GPU, in every row, so a run resumed on another
+    machine says which points share a GPU (the report's "Points measured on different GPUs")."""
+    modelled_nvml(monkeypatch, Gpu([(0.0, DECODE_W, 0)], counter_period_s=0.01))
+    r = bench(tmp_path, fault_conf(tmp_path, fault={}), "backend=fault", *FAULT_POINT, "telemetry=default",
+              "-m", "workload.batch_size=1,2")
+    assert r.returncode == 0, r.stderr
+    [run] = run_dirs(tmp_path)
+    points = pd.read_parquet(run / "points.parquet")
+    assert list(points.gpu_uuid) == ["GPU-modelled-gpu0"] * 2

@@ -3,8 +3,8 @@
 The figures show everything; these sentences say what a reader would otherwise have to find in
 them: what ran on which weights and device, the fastest engine at each shape and by how much,
 how close batch 1 came to the memory-bandwidth ceiling, MXFP4 against bf16, which MXFP4 path each
-engine took, which profiled phases the host held up, and every point that did not run, throttled,
-disagreed with the reference or whose repeats spread. Each sentence is a Finding that carries the
+engine took, which profiled phases the host held up, points measured on different GPUs, and every
+point that did not run, throttled, disagreed with the reference or whose repeats spread. Each sentence is a Finding that carries the
 numbers it states and the points.parquet cells they are, so a test holds every sentence to the
 table. A sentence is written only for data that is there: a null column says nothing (never "0").
 """
@@ -39,6 +39,7 @@ HOST_BOUND = 0.5
 # distrust (read before the numbers it qualifies), then the results
 KINDS = {
     "setup": "What ran",
+    "gpus": "Points measured on different GPUs",
     "failed": "Points that did not run",
     "throttled": "Throttled points",
     "disagrees": "Points that disagree with the reference",
@@ -343,6 +344,25 @@ def host(p: pd.DataFrame, kernels: pd.DataFrame | None) -> list[Finding]:
 STATUS_ORDER = {"error": 0, "timeout": 1, "oom": 2, "skipped": 3, "ok": 4}
 
 
+def gpus(p: pd.DataFrame) -> list[Finding]:
+    """A run whose points were measured on more than one GPU (their NVML UUIDs): resumed on
+    another machine, or its groups spread over nodes. Its engines were then not compared on one GPU."""
+    if "gpu_uuid" not in p:
+        return []
+    by_gpu = list(p.dropna(subset=["gpu_uuid"]).groupby("gpu_uuid", sort=False))
+    if len(by_gpu) < 2:
+        return []
+    parts, numbers, quotes = [], {}, {}
+    for i, (uuid, q) in enumerate(by_gpu):
+        quotes[f"gpu_uuid_{i}"] = Quote(str(uuid), _cell(q.iloc[0], "gpu_uuid"))
+        numbers[f"points_{i}"] = Number(len(q), integer(len(q)))
+        engines = ", ".join(dict.fromkeys(_engine(row) for _, row in _order(q).iterrows()))
+        parts.append(f"{uuid}: {integer(len(q))} point{'s' if len(q) > 1 else ''} ({engines})")
+    return [Finding("gpus", f"The points were measured on {len(by_gpu)} GPUs (by NVML UUID; a run resumed on "
+                            f"another machine, or groups on several nodes): {'; '.join(parts)}. Engines on different "
+                            "GPUs were not compared on one machine.", numbers, quotes, "note")]
+
+
 def failed(p: pd.DataFrame) -> list[Finding]:
     out = []
     failures = _order(p[p["status"] != "ok"])
@@ -425,7 +445,7 @@ def findings(runs: Runs) -> list[Finding]:
     out = []
     for info in runs.infos:
         p = runs.points[runs.points["run"] == info.label]
-        found = [*setup(info, p), *failed(p), *throttled(p), *disagrees(p), *noisy(p), *unsettled(p), *fastest(p),
+        found = [*setup(info, p), *gpus(p), *failed(p), *throttled(p), *disagrees(p), *noisy(p), *unsettled(p), *fastest(p),
                  *mbu(p, info.mbu_ceiling), *quant(p), *paths(p),
                  *host(p, None if runs.kernels is None else runs.kernels[runs.kernels["run"] == info.label])]
         if len(runs.infos) > 1:

@@ -57,7 +57,7 @@ class GroupRun:
             "backend": c.backend.name, "setup": point.setup, "backend_version": self.loaded.get("backend_version"),
             "model": spec.name, "quant": c.quant, "seed": w.seed, "router_skew": w.router_skew,
             "batch_size": w.batch_size, "context_len": w.context_len, "new_tokens": w.new_tokens,
-            "repeats": w.repeats, "gpu_name": gpu_name, **c.parallel.columns(),
+            "repeats": w.repeats, "gpu_name": gpu_name, "gpu_uuid": self._gpu_uuid(), **c.parallel.columns(),
             "hardware": self.settings["hardware"] or gpu_name or self.facts.get("cpu_model", self.host["cpu_model"]),
             "device_mem_gib": self.facts.get("device_mem_gib"), "load_s": self.loaded.get("load_s"),
             "status": status, "error": "",
@@ -68,6 +68,11 @@ class GroupRun:
                             row.get("ttft_ms"), gpu_name, Ceilings.from_dict(ceilings) if ceilings else None,
                             c.parallel))
         return row
+
+    def _gpu_uuid(self) -> str | None:
+        """The UUIDs of the GPUs the loaded worker samples (none before a load, or without NVML)."""
+        gpus = (self.loaded.get("telemetry_env") or {}).get("gpus") or []
+        return ",".join(g["uuid"] for g in gpus if g.get("uuid")) or None
 
     def record(self, point: Point, row: dict, result: dict | None = None) -> None:
         if row["status"] != "ok" and row["error"] and "logs/" not in row["error"]:
