@@ -51,9 +51,9 @@ for s in "$@"; do case $s in
   wheels)  # the harness's wheels the GPU image lacks (hydra, plotly, nvtx, ruptures; .whl carried)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       .whl/*.whl .whl/*.tar.gz;;
-  restore)  # run folders an earlier machine measured, to resume: its results.tgz, carried beside a
-    # chunk in a .carryN folder and staged
-    mkdir -p "$res" && tar xzf /tmp/stage/results.tgz -C "$res" && ls "$res";;
+  restore)  # run folders an earlier machine measured, into the results folder to resume there: those
+    # kept in the tree (RESTORE=benchmarks/runs/h200-2026-12-03: run folders and latency JSONs)
+    mkdir -p "$res" && cp -r "${RESTORE:?RESTORE=a folder of run folders in the tree}"/* "$res"/ && ls "$res";;
   install)  # the bundle (after `wheels`)
     bash /tmp/stage/install.sh /tmp/vllm > /tmp/vllm.env && . /tmp/vllm.env && cat /tmp/vllm.env
     python3 -c "import vllm, hydra, plotly; print('vllm', vllm.__version__)"
@@ -81,11 +81,12 @@ for s in "$@"; do case $s in
   ttft)  # offline vLLM's TTFT with each point's batch admitted together (backend.admit=batch, the
     # default) and streamed into the running engine one by one (as LLM.generate does; ADMITS="batch"
     # or "stream" to choose), every Triton JIT compilation logged with its key (jit_monitor_verbose:
-    # vLLM names a kernel only once otherwise); the batch-8 traces come back for the GPU's idle time
+    # vLLM names a kernel only once otherwise); the batch-1 and batch-8 traces come back for the
+    # GPU's idle time (batch 1 x 1k: 18 ms of kernels, 102 ms of gaps, 2026-12-03)
     v='+backend.engine_args.jit_monitor_verbose=true'
     [[ " ${ADMITS:-batch stream} " == *" batch "* ]] && step 280 vllm_bench "$v" backend.admit=batch -m workload.batch_size=1,8,64 run_id=ttft-batch
-    [[ " ${ADMITS:-batch stream} " == *" stream "* ]] && step 200 vllm_bench "$v" backend.admit=stream workload.batch_size=8 run_id=ttft-stream
-    (cd "$res" && tar czf "$out/ttft-traces.tgz" ttft-*/traces/*-b8-*.json.gz);;
+    [[ " ${ADMITS:-batch stream} " == *" stream "* ]] && step 280 vllm_bench "$v" backend.admit=stream -m workload.batch_size=1,8,64 run_id=ttft-stream
+    (cd "$res" && tar czf "$out/ttft-traces.tgz" ttft-*/traces/*-b[18]-*.json.gz);;
   check)  # the timing cross-check: the `ttft` step's points against the `latency` step's (CHECK_RUN and
     # CHECK_SETUP to choose, e.g. CHECK_RUN=peers CHECK_SETUP=moe_path=auto)
     python3 benchmarks/cross_check.py "$res/${CHECK_RUN:-ttft-batch}" "$res"/latency/latency-*.json \
