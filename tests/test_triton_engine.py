@@ -11,7 +11,7 @@ import torch
 
 from harness.engine import DoesNotFit, LoadRequest
 from backends.torch_ref import TorchRef
-from backends.triton_mxfp4 import TritonMxfp4
+from backends.triton_mxfp4 import TritonMxfp4, model
 from harness.model import mxfp4
 from harness.model.checkpoint import write_checkpoint
 from harness.model.spec import SPECS, weight_format
@@ -81,6 +81,31 @@ def test_tiny_end_to_end_matches_torch_ref():
     assert torch.equal(again.tokens[:, 0], toks[0]) and again.step_ms == []
     mem = eng.memory()
     assert mem["kv_cache_gib"] == eng.engine.cache.nbytes / 2**30 and mem["weights_gib"] > 0
+
+
+@pytest.mark.slow  # two prefills and decode steps of 3 sequences in the interpreter
+def test_a_prefill_past_prefill_tokens_runs_in_groups_of_sequences(monkeypatch):
+    """A batch whose prefill would pass PREFILL_TOKENS runs in groups of whole sequences (bounding
+    its activations), each group into its own rows of the KV cache: the same logits as one pass,
+    and decoding goes on from every row."""
+    eng = TritonMxfp4()
+    eng.load(request("gpt-oss-tiny", batch=3, seq=16))
+    prompts, forced = inputs(eng.engine.spec, 3, 8, 1)
+    whole, whole_toks = engine_logits(eng, prompts, forced)
+    passes = []
+    layers = eng.engine._layers
+
+    def spy(x, batch, tokens, decode, first=0):
+        passes.append((batch, first, decode))
+        return layers(x, batch, tokens, decode, first)
+
+    monkeypatch.setattr(eng.engine, "_layers", spy)
+    monkeypatch.setattr(model, "PREFILL_TOKENS", 16)  # two sequences a pass: groups of 2 and 1
+    grouped, grouped_toks = engine_logits(eng, prompts, forced)
+    assert passes[:2] == [(2, 0, False), (1, 2, False)]
+    err = ((grouped - whole).norm(dim=-1) / whole.norm(dim=-1)).max().item()
+    assert err < 1e-2, err
+    assert torch.equal(grouped_toks, whole_toks)
 
 
 def test_decode_beyond_the_cache_is_an_error():

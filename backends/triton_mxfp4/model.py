@@ -33,6 +33,10 @@ from harness.model.spec import ModelSpec, weight_format
 from harness.telemetry.nvtx_ranges import nvtx_range
 
 MOE_TOKENS = 1 << 15  # prefill runs the MoE over at most this many tokens at once (bounds its buffers)
+# A prefill runs the model over at most this many tokens at once, in groups of whole sequences: its
+# activations grow with the tokens (batch 64 x 8k, 2**19 tokens, peaked at 29 GiB beside weights and
+# KV cache on an H200; batch 256 x 8k in one pass ran out of memory there, 2026-12-03).
+PREFILL_TOKENS = 1 << 19
 
 
 @contextlib.contextmanager
@@ -137,21 +141,23 @@ class Transformer:
         self.batch = self.length = 0
 
     # ---- the model -------------------------------------------------------------------------
-    def _layers(self, x: torch.Tensor, batch: int, tokens: int, decode: bool):
-        """x [batch*tokens, H]: the residual stream, updated in place. Returns it with the last
-        block's output, which the caller adds (fused into the final norm)."""
+    def _layers(self, x: torch.Tensor, batch: int, tokens: int, decode: bool, first: int = 0):
+        """x [batch*tokens, H]: the residual stream of sequences first .. first+batch-1, updated in
+        place. Returns it with the last block's output, which the caller adds (fused into the final norm)."""
         y = None
         for i, layer in enumerate(self.layers):
             with scope(f"layer{i}"):
                 with scope("attention"):
-                    y = self._attention(i, layer, x, y, batch, tokens, decode)
+                    y = self._attention(i, layer, x, y, batch, tokens, decode, first)
                 with scope("moe"):
                     y = self._moe(layer, x, y)
         return x, y
 
-    def _attention(self, i: int, L: Layer, x, y, batch: int, tokens: int, decode: bool) -> torch.Tensor:
+    def _attention(self, i: int, L: Layer, x, y, batch: int, tokens: int, decode: bool, first: int) -> torch.Tensor:
         spec = self.spec
-        pos, k_cache, v_cache = self.pos[:batch], self.cache.k[i], self.cache.v[i]
+        pos, k_cache, v_cache = self.pos[first:first + batch], self.cache.k[i], self.cache.v[i]
+        if first:  # a later group of a prefill in groups: its own rows (decode steps never slice)
+            k_cache, v_cache = k_cache[first:], v_cache[first:]
         with scope("attn_norm"):
             t = add_rmsnorm(x, y, L.attn_norm, spec.rms_norm_eps)
         with scope("qkv_proj"):
@@ -190,13 +196,14 @@ class Transformer:
         """moe()'s MXFP8 argument for rows start:stop (none in the other modes)."""
         return {} if t_mx is None else {"x_mx": t_mx.rows(start, stop)}
 
-    def _head(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
+    def _head(self, x: torch.Tensor, y: torch.Tensor, batch: int, first: int = 0) -> None:
+        """The next tokens of sequences first .. first+batch-1 into self.next."""
         with scope("final_norm"):
             t = add_rmsnorm(x, y, self.norm, self.spec.rms_norm_eps)
         with scope("lm_head"):
-            logits = lm_head(t, self.lm_head, out=self.logits[:batch])
+            logits = lm_head(t, self.lm_head, out=self.logits[first:first + batch])
         with scope("sampling"):
-            return torch.argmax(logits, dim=-1, out=self.next[:batch])
+            torch.argmax(logits, dim=-1, out=self.next[first:first + batch])
 
     @torch.inference_mode()
     def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
@@ -206,14 +213,17 @@ class Transformer:
             have = None if self.cache is None else (self.cache.max_batch, self.cache.max_seq_len)
             raise ValueError(f"triton_mxfp4: prefill of batch {B} x {T} tokens does not fit the allocated "
                              f"(max_batch, max_seq_len) = {have}")
+        group = max(1, PREFILL_TOKENS // T)  # sequences per pass
         with scope("prefill"):
             self.pos[:B].zero_()
-            x = F.embedding(prompts.reshape(-1).to(self.device), self.embed)
-            x, y = self._layers(x, B, T, decode=False)
-            nxt = self._head(x[T - 1::T], y[T - 1::T], B)
+            for first in range(0, B, group):
+                n = min(group, B - first)
+                x = F.embedding(prompts[first:first + n].reshape(-1).to(self.device), self.embed)
+                x, y = self._layers(x, n, T, decode=False, first=first)
+                self._head(x[T - 1::T], y[T - 1::T], n, first)
             self.pos[:B].fill_(T)
         self.batch, self.length = B, T
-        return nxt.clone()
+        return self.next[:B].clone()
 
     def _decode_step(self, batch: int) -> None:
         with scope("decode_step"):
