@@ -44,9 +44,9 @@ def bench_latency(path: Path) -> tuple[int, int, list[float]]:
 
 def admissions(run: Path) -> dict[str, str]:
     """point_id -> backend.admit of the run's points as its config.yaml stored them."""
-    config = yaml.safe_load((Path(run) / "config.yaml").read_text()) if (Path(run) / "config.yaml").is_file() else {}
-    return {p["point_id"]: str(p["config"]["backend"].get("options", {}).get("admit", ""))
-            for p in (config or {}).get("sweep", {}).get("points", [])}
+    path = Path(run) / "config.yaml"
+    points = yaml.safe_load(path.read_text())["sweep"]["points"] if path.is_file() else []
+    return {p["point_id"]: str(p["config"]["backend"]["options"].get("admit", "")) for p in points}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -317,9 +317,10 @@ def test_cross_check_of_a_run_with_several_vllm_setups_takes_the_one_named(tmp_p
     (tmp_path / "latency-8x1.json").write_text(json.dumps({"latencies": [0.118] * 8}))
     latency = str(tmp_path / "latency-8x1.json")
 
-    with pytest.raises(SystemExit, match=r"several vLLM set-ups \(moe_path=auto, moe_path=marlin\): name the one"):
+    both = "moe_path=auto, moe_path=marlin"
+    with pytest.raises(SystemExit, match=rf"several vLLM set-ups \({both}\): name the one"):
         cross_check.main([str(run), latency])
-    with pytest.raises(SystemExit, match=r"--setup moe_path=triton: no ok vLLM point .* moe_path=auto, moe_path=marlin"):
+    with pytest.raises(SystemExit, match=rf"--setup moe_path=triton: no ok vLLM point .* {both}"):
         cross_check.main([str(run), latency, "--setup", "moe_path=triton"])
     assert cross_check.main([str(run), latency, "--setup", "moe_path=auto"]) == 0
     assert capsys.readouterr().out.splitlines()[2] == "| 8 | stream | TTFT 119.0 ms | 118.0 ms | 118.0 ms | +0.8% | yes |"

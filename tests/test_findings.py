@@ -35,7 +35,8 @@ def _point(run_id, backend, model, quant, weights_gib, speed, batch, ctx, calibr
     pid = f"{backend}-{model}-{quant}-b{batch}-c{ctx}-n32"
     row = dict(run_id=run_id, point_id=pid, started_at="2026-12-03T10:00:00Z", backend=backend,
                backend_version="0.11.0" if backend == "vllm" else "0.1", model=model, quant=quant, batch_size=batch,
-               context_len=ctx, new_tokens=32, repeats=3, seed=SEED, router_skew=0.0, gpu_name=GPU, gpu_uuid=UUID, gpu_count=1,
+               context_len=ctx, new_tokens=32, repeats=3, seed=SEED, router_skew=0.0, gpu_name=GPU, gpu_uuid=UUID,
+               gpu_count=1,
                hardware="H200 SXM", device_mem_gib=CAPACITY_GIB, weights_gib=weights_gib, group=f"{backend}-{model}-{quant}")
     if weights_gib > CAPACITY_GIB:
         return row | dict(status="skipped", error=f"does not fit: needs {weights_gib:.1f} GiB of {CAPACITY_GIB} GiB")

@@ -1,12 +1,13 @@
 """What a run found, in sentences: the section that opens every report.
 
-The figures show everything; these sentences say what a reader would otherwise have to find in
-them: what ran on which weights and device, the fastest engine at each shape and by how much,
-how close batch 1 came to the memory-bandwidth ceiling, MXFP4 against bf16, which MXFP4 path each
-engine took, which profiled phases the host held up, points measured on different GPUs, and every
-point that did not run, throttled, disagreed with the reference or whose repeats spread. Each sentence is a Finding that carries the
-numbers it states and the points.parquet cells they are, so a test holds every sentence to the
-table. A sentence is written only for data that is there: a null column says nothing (never "0").
+The figures show everything; these sentences say what a reader would otherwise have to find in them:
+what ran on which weights and device, the fastest engine at each shape and by how much, how close
+batch 1 came to the memory-bandwidth ceiling, MXFP4 against bf16, which MXFP4 path each engine took,
+which profiled phases the host held up, points measured on different GPUs, and every point that did
+not run, throttled, disagreed with the reference or whose repeats spread. Each sentence is a Finding
+that carries the numbers it states and the points.parquet cells they are, so a test holds every
+sentence to the table. A sentence is written only for data that is there: a null column says nothing
+(never "0").
 """
 
 from __future__ import annotations
@@ -445,8 +446,8 @@ def findings(runs: Runs) -> list[Finding]:
     out = []
     for info in runs.infos:
         p = runs.points[runs.points["run"] == info.label]
-        found = [*setup(info, p), *gpus(p), *failed(p), *throttled(p), *disagrees(p), *noisy(p), *unsettled(p), *fastest(p),
-                 *mbu(p, info.mbu_ceiling), *quant(p), *paths(p),
+        found = [*setup(info, p), *gpus(p), *failed(p), *throttled(p), *disagrees(p), *noisy(p), *unsettled(p),
+                 *fastest(p), *mbu(p, info.mbu_ceiling), *quant(p), *paths(p),
                  *host(p, None if runs.kernels is None else runs.kernels[runs.kernels["run"] == info.label])]
         if len(runs.infos) > 1:
             found = [f if f.kind == "setup" else Finding(f.kind, f"{info.label} · {f.text}", f.numbers, f.quotes, f.level)
