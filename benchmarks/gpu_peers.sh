@@ -4,8 +4,9 @@
 # so that each 10-minute device call runs the ones it has time for; figures go to benchmarks/LOG.md.
 #
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
-#   steps: stage:N (copy .carryN/* to /tmp/stage)  wheels  restore  install  sweep  peers  peers8k  peers120b  paths
-#          (PATHS="marlin ..." to choose, PATH_CAP=seconds each)  ttft  serve  openloop  latency
+#   steps: stage:N (copy .carryN/* to /tmp/stage)  wheels  restore (RESTORE=benchmarks/runs/...)  install
+#          sweep  peers  peers8k  peers120b  paths (PATHS="marlin ..." to choose, PATH_CAP=seconds each)
+#          ttft  serve  openloop  latency
 #          (LATENCY="BATCHxOUT[@CHUNK] ...")  check  engine  gemv  llama  tests (TESTS="tests/test_x.py ...")
 #
 # The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
