@@ -26,8 +26,11 @@ bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardw
 # prefill in chunks of the same 16384 tokens (vLLM's offline default on an H200; its server's is
 # 8192), so their TTFTs compare.
 CHUNK=16384
-# Every vLLM point is profiled (vLLM's own profiler in its engine core: kernels.parquet, traces/).
-vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' \
+# Every vLLM point is profiled (vLLM's own profiler in its engine core: kernels.parquet, traces/), and
+# every Triton compilation inside inference logged (vLLM names a kernel once otherwise), so that
+# jit_compiles counts them all.
+JIT=+backend.engine_args.jit_monitor_verbose=true
+vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' $JIT \
   backend.max_num_batched_tokens=$CHUNK workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 \
   telemetry.profile=all "$@"; }
 serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=2000 backend.slo_tpot_ms=15 \
@@ -35,7 +38,7 @@ serve() { bench backend=vllm_serve backend.python=python3 backend.slo_ttft_ms=20
   workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 "$@"; }
 # sweep=peers into run folder $1 (its arms, the rest of the overrides after it), or the rest of it
 # where an earlier call began it; vLLM's arms capture graphs at the measured batch sizes only
-VLLM="backend.python=python3 +backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]"
+VLLM="backend.python=python3 +backend.engine_args.cudagraph_capture_sizes=[1,8,64,256] $JIT"
 peers_sweep() {
   local id=$1; shift
   if [ -f "$res/$id/config.yaml" ]; then
@@ -44,7 +47,7 @@ peers_sweep() {
     step 570 python3 -m harness sweep=peers hardware=H200 run_id=$id results_dir="$res" reports_dir="$res/reports" "$@"
   fi
 }
-export CHUNK VLLM; export -f bench vllm_bench serve peers_sweep
+export CHUNK JIT VLLM; export -f bench vllm_bench serve peers_sweep
 
 for s in "$@"; do case $s in
   stage:*)
@@ -81,12 +84,10 @@ for s in "$@"; do case $s in
       "arms=['backend=triton_mxfp4','backend=vllm backend.moe_path=auto $VLLM']";;
   ttft)  # offline vLLM's TTFT with each point's batch admitted together (backend.admit=batch, the
     # default) and streamed into the running engine one by one (as LLM.generate does; ADMITS="batch"
-    # or "stream" to choose), every Triton JIT compilation logged with its key (jit_monitor_verbose:
-    # vLLM names a kernel only once otherwise); the batch-1 and batch-8 traces come back for the
-    # GPU's idle time (batch 1 x 1k: 18 ms of kernels, 102 ms of gaps, 2026-12-03)
-    v='+backend.engine_args.jit_monitor_verbose=true'
-    [[ " ${ADMITS:-batch stream} " == *" batch "* ]] && step 280 vllm_bench "$v" backend.admit=batch -m workload.batch_size=1,8,64 run_id=ttft-batch
-    [[ " ${ADMITS:-batch stream} " == *" stream "* ]] && step 280 vllm_bench "$v" backend.admit=stream -m workload.batch_size=1,8,64 run_id=ttft-stream
+    # or "stream" to choose); the batch-1 and batch-8 traces come back for the GPU's idle time (batch
+    # 1 x 1k: 18 ms of kernels beside 31 ms of host time unprofiled, 2026-12-04)
+    [[ " ${ADMITS:-batch stream} " == *" batch "* ]] && step 280 vllm_bench backend.admit=batch -m workload.batch_size=1,8,64 run_id=ttft-batch
+    [[ " ${ADMITS:-batch stream} " == *" stream "* ]] && step 280 vllm_bench backend.admit=stream -m workload.batch_size=1,8,64 run_id=ttft-stream
     (cd "$res" && tar czf "$out/ttft-traces.tgz" ttft-*/traces/*-b[18]-*.json.gz);;
   check)  # the timing cross-check: the `ttft` step's points against the `latency` step's (CHECK_RUN and
     # CHECK_SETUP to choose, e.g. CHECK_RUN=peers CHECK_SETUP=moe_path=auto)

@@ -16,11 +16,12 @@ import pytest
 import yaml
 import torch
 
-from harness.engine import DoesNotFit
+from harness.engine import ENGINE_LOG_DIR, DoesNotFit
 from harness.model.load_request import LoadRequest
 from harness.results import POINT_COLUMNS, to_table, write_atomic
 from backends.torch_ref import TorchRef
 from backends.vllm import VLLM, check_kv_fit, paths
+from backends.vllm.log import EngineLog
 from backends.vllm.profile import EngineTraces, phase_trace
 from harness.telemetry.kernel_timeline import kernel_table, load_trace
 from test_telemetry_kernels import Trace
@@ -70,6 +71,23 @@ def test_engine_path_and_memory_come_from_the_log():
     assert paths.engine_path(log) == "FLASH_ATTN attention; TRITON Mxfp4 MoE"
     assert paths.memory(log) == {"weights_gib": 13.72, "kv_cache_gib": 52.1}
     assert paths.engine_path("no choices here") is None
+
+
+def test_jit_compilations_are_counted_in_the_part_of_the_log_a_call_wrote(tmp_path, monkeypatch):
+    # two of the H200's lines (2026-12-04, streamed admission), constexprs cut short
+    jit = ("(EngineCore pid=878) WARNING 12-04 01:25:00 [jit_monitor.py:132] Triton kernel JIT compilation "
+           "during inference: {} (constexprs={{APPLY_SOFTMAX=True, BLOCK_M=32, stride_rn=2080}})\n")
+    monkeypatch.setenv(ENGINE_LOG_DIR, str(tmp_path))
+    log = EngineLog()
+    with open(log.path, "a") as f:
+        f.write("INFO [jit_monitor.py:79] Kernel JIT monitor activated\n" + jit.format("_topk_forward"))
+    before = log.size()
+    with open(log.path, "a") as f:
+        f.write(jit.format("_topk_forward") + jit.format("_sum_bitmatrix_rows") + "INFO [loggers.py:310] Engine 000\n")
+    assert paths.jit_compiles(log.text()) == 3
+    assert paths.jit_compiles(log.text(before)) == 2  # what the last call's steps logged
+    assert paths.jit_compiles(log.text(log.size())) == 0
+    log.close()
 
 
 def test_engine_steps_get_the_phase_of_their_requests(tmp_path):
@@ -211,6 +229,7 @@ def test_offline_engine_at_two_batch_sizes(checkpoint, prompts, ref, tmp_path):
         parts = [cols[k] for k in ("ttft_queue_ms", "ttft_prefill_ms")]
         assert min(parts) >= 0 and cols["ttft_prefill_ms"] > 0 and max(parts) <= point["ttft_ms"] + 1e-6
         assert point["ttft_ms"] <= sum(parts) + 1e-6 and cols["submit_ms"] > 0
+        assert cols["jit_compiles"] == 0  # the CPU build runs no Triton kernels
     check_profiled_window(out["kernels"], tmp_path)
 
 
@@ -288,8 +307,9 @@ def test_cross_check_sets_our_ttft_and_e2e_against_bench_latency(tmp_path, capsy
     run = tmp_path / "ttft-batch"
     cross_check = cross_check_of(run, [
         dict(point_id=f"b{b}-c{c}", backend="vllm", status="ok", batch_size=b, context_len=c, new_tokens=256,
-             ttft_ms=ttft, e2e_ms=e2e)
-        for b, c, ttft, e2e in ((1, 1024, 61.0, 800.0), (8, 1024, 120.0, 1400.0), (8, 8192, 900.0, 2500.0))])
+             ttft_ms=ttft, ttft_ms_repeat_p50=p50, ttft_cv=0.3 if p50 else None, e2e_ms=e2e, cv=0.01)
+        for b, c, ttft, p50, e2e in ((1, 1024, 61.0, None, 800.0), (8, 1024, 150.0, 120.0, 1400.0),
+                                     (8, 8192, 900.0, 900.0, 2500.0))])
     # bench's seconds: at batch 8 two slow first iterations leave the median alone
     for name, lat in (("latency-1x1.json", [0.060] * 8), ("latency-8x1.json", [1.3, 1.4] + [0.118] * 6),
                       ("latency-8x256.json", [1.50] * 8)):
@@ -297,9 +317,11 @@ def test_cross_check_sets_our_ttft_and_e2e_against_bench_latency(tmp_path, capsy
 
     assert cross_check.main([str(run), *map(str, sorted(tmp_path.glob("latency-*.json")))]) == 1
     lines = capsys.readouterr().out.splitlines()[2:]
-    assert lines == ["| 1 |  | TTFT 61.0 ms | 60.0 ms | 60.0 ms | +1.7% | yes |",  # no config.yaml: admission unknown
-                     "| 8 |  | TTFT 120.0 ms | 118.0 ms | 118.0 ms | +1.7% | yes |",
-                     "| 8 |  | e2e 1,400.0 ms | 1,500.0 ms | 1,500.0 ms | -6.7% | no |"]
+    # no config.yaml: admission unknown; batch 1 from before ttft_ms_repeat_p50: its mean;
+    # batch 8: the median of its repeats, not their mean (150 ms, one slow repeat)
+    assert lines == ["| 1 |  | TTFT mean 61.0 ms |  | 60.0 ms | 0.0% | 60.0 ms | +1.7% | yes |",
+                     "| 8 |  | TTFT 120.0 ms | 30.0% | 118.0 ms | 134.0% | 118.0 ms | +1.7% | yes |",
+                     "| 8 |  | e2e 1,400.0 ms | 1.0% | 1,500.0 ms | 0.0% | 1,500.0 ms | -6.7% | no |"]
     (tmp_path / "latency-64x1.json").write_text(json.dumps({"latencies": [0.8] * 8}))
     assert cross_check.main([str(run), str(tmp_path / "latency-64x1.json")]) == 1
     assert "no ok vLLM point" in capsys.readouterr().out
@@ -323,4 +345,4 @@ def test_cross_check_of_a_run_with_several_vllm_setups_takes_the_one_named(tmp_p
     with pytest.raises(SystemExit, match=rf"--setup moe_path=triton: no ok vLLM point .* {both}"):
         cross_check.main([str(run), latency, "--setup", "moe_path=triton"])
     assert cross_check.main([str(run), latency, "--setup", "moe_path=auto"]) == 0
-    assert capsys.readouterr().out.splitlines()[2] == "| 8 | stream | TTFT 119.0 ms | 118.0 ms | 118.0 ms | +0.8% | yes |"
+    assert capsys.readouterr().out.splitlines()[2] == "| 8 | stream | TTFT mean 119.0 ms |  | 118.0 ms | 0.0% | 118.0 ms | +0.8% | yes |"

@@ -76,9 +76,11 @@ def record_run(root, run_id="20261203T100000Z", calibrated=True, faults=True, me
                                                              sm_clock_mhz_mean=1410.0)
         by_id["triton_mxfp4-gpt-oss-120b-mxfp4-b1-c128-n32"] |= dict(cv=0.12)
         by_id["triton_mxfp4-gpt-oss-120b-mxfp4-b8-c128-n32"] |= dict(cv=NOISY_CV)  # at the threshold: not noisy
+        by_id["vllm-gpt-oss-20b-mxfp4-b64-c128-n32"] |= dict(ttft_cv=0.21)  # steady steps, an uneven prefill
         by_id["triton_mxfp4-gpt-oss-20b-mxfp4-b8-c128-n32"] |= dict(agreement=0.9375)
         by_id["vllm-gpt-oss-20b-mxfp4-b8-c128-n32"] |= dict(warmup_calls=10, warmup_settled=False)
-        by_id["vllm-gpt-oss-20b-mxfp4-b1-c128-n32"] |= dict(warmup_calls=4, warmup_settled=True)
+        by_id["vllm-gpt-oss-20b-mxfp4-b1-c128-n32"] |= dict(warmup_calls=4, warmup_settled=True, jit_compiles=0)
+        by_id["vllm-gpt-oss-20b-mxfp4-b64-c8192-n32"] |= dict(jit_compiles=2)  # streamed: new step sizes
         by_id["vllm-gpt-oss-120b-mxfp4-b8-c8192-n32"] |= dict(agreement=0.5, agreement_forced=False)
         for pid in ("vllm-gpt-oss-120b-bf16-b1-c128-n32", "vllm-gpt-oss-20b-bf16-b64-c8192-n32"):
             by_id[pid] |= dict(gpu_uuid=OTHER_UUID)  # resumed on another machine
@@ -223,8 +225,11 @@ def test_paths_failures_throttling_disagreement_and_noise(run):
     assert _points_of(found, "failed", "status") == set(table.loc[table["status"] != "ok", "point_id"])
     assert _points_of(found, "throttled", "throttle_reasons") == set(ok.loc[ok["throttled"] == True, "point_id"])  # noqa: E712
     assert _points_of(found, "disagrees", "agreement") == set(ok.loc[ok["agreement"] < 1, "point_id"])
-    assert _points_of(found, "noisy", "cv") == set(ok.loc[ok["cv"] > NOISY_CV, "point_id"])
+    for spread in ("cv", "ttft_cv"):  # a point noisy in its steps, another in its prefills
+        said = {f.numbers[spread].cell.point_id for f in found if f.kind == "noisy" and spread in f.numbers}
+        assert said == set(ok.loc[ok[spread] > NOISY_CV, "point_id"]) != set()
     assert _points_of(found, "unsettled", "warmup_calls") == set(ok.loc[ok["warmup_settled"] == False, "point_id"])  # noqa: E712
+    assert _points_of(found, "compiled", "jit_compiles") == {"vllm-gpt-oss-20b-mxfp4-b64-c8192-n32"}
     failed = [f.level for f in found if f.kind == "failed"]
     assert failed == sorted(failed, key=["warning", "note"].index)  # errors before points that did not fit
     levels = {f.quotes["status"].value: f.level for f in found if f.kind == "failed"}
@@ -260,7 +265,7 @@ def test_host_bound_phases_are_those_mostly_idle(run):
 def test_no_sentence_for_absent_data(tmp_path):
     found = findings(load_runs([record_run(tmp_path, faults=False, measured=False)]))
     kinds = {f.kind for f in found}
-    assert kinds & {"gpus", "mbu", "path", "throttled", "disagrees", "noisy", "unsettled", "host"} == set()
+    assert kinds & {"gpus", "mbu", "path", "throttled", "disagrees", "noisy", "unsettled", "compiled", "host"} == set()
     quant = [f for f in found if f.kind == "quant"]
     assert quant and all(set(f.numbers) & {"memory", "energy"} == set() for f in quant)
     assert all("energy" not in f.text and "weights" not in f.text for f in quant)

@@ -91,3 +91,14 @@ def test_every_column_is_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
     missing = [c for c in [*R.POINT_COLUMNS, *SERVING_COLUMNS] if f" {c}," not in doc and f" {c} |" not in doc and f" {c} (" not in doc]
     assert not missing, f"docs/results.md does not list {missing}"
+
+
+def test_backend_columns_never_reuse_a_harness_columns_name():
+    """One meaning per column: a backend's own columns (serving percentiles over requests, vLLM's
+    timestamps) are named apart from the harness's (ttft_ms_p50 is per request, the repeats' median
+    is ttft_ms_repeat_p50)."""
+    from backends.openai_endpoint.metrics import SERVING_COLUMNS
+    from backends.vllm import JIT_COLUMNS, SERVER_HISTOGRAMS, TTFT_COLUMNS
+
+    for own in (SERVING_COLUMNS, TTFT_COLUMNS, JIT_COLUMNS, SERVER_HISTOGRAMS):
+        assert not set(own) & set(R.POINT_COLUMNS)

@@ -55,7 +55,8 @@ def test_measurement_comes_from_every_step(worker):
     assert "agreement" not in row
     assert (row["warmup_calls"], row["warmup_settled"]) == (1, None)  # exactly `warmup` without warmup_max
     one = point(worker, 1, repeats=1).data["row"]
-    assert one["cv"] is None  # one repeat has no spread
+    assert one["cv"] is None and one["ttft_cv"] is None  # one repeat has no spread
+    assert one["ttft_ms_repeat_p50"] == one["ttft_ms"]
 
 
 def test_warm_up_goes_on_until_ttft_settles(tmp_path, monkeypatch):
@@ -71,6 +72,22 @@ def test_warm_up_goes_on_until_ttft_settles(tmp_path, monkeypatch):
         assert row["ttft_ms"] < 100  # measured after the slow calls
         row = point(w, 1, warmup=1, warmup_max=3).data["row"]  # prefills of 20 ms from now on
         assert (row["warmup_calls"], row["warmup_settled"]) == (3, True)
+    finally:
+        w.kill()
+
+
+def test_ttft_median_and_spread_are_over_the_repeats(tmp_path, monkeypatch):
+    """Repeats prefilling in 10, 40 and 10 ms (after a 5-ms warm-up): the median is a 10-ms one,
+    the mean is pulled up by the slow one, and the spread shows it."""
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    uneven = replace(FAULT, options={"prefill_ms": [5, 10, 40, 10]})
+    w = WorkerProcess(None, tmp_path / "worker.log")
+    try:
+        w.request(None, 60)
+        assert w.request(replace(load(tmp_path), backend=uneven), 60).status == "ok"
+        row = point(w, 1, warmup=1, repeats=3).data["row"]
+        assert 10 <= row["ttft_ms_repeat_p50"] < 30 and row["ttft_ms"] >= 20
+        assert row["ttft_cv"] > 0.5
     finally:
         w.kill()
 

@@ -124,6 +124,10 @@ def _version() -> str:
 # batch took to be added (our add_request calls, the scheduler paused; 0 with admit: stream, whose
 # TTFT clock starts at the first add).
 TTFT_COLUMNS = {"submit_ms": "float64", "ttft_queue_ms": "float64", "ttft_prefill_ms": "float64"}
+# Triton compilations vLLM's JIT monitor logged during the last measured call (paths.jit_compiles):
+# under streamed admission each new token count of a step compiled its MXFP4 MoE's routing kernels
+# again (`_topk_forward`, `_sum_bitmatrix_rows`: 17 step sizes at batch 1/8/64, H200, 2026-12-04).
+JIT_COLUMNS = {"jit_compiles": "int64"}
 
 
 ADMIT = ("batch", "stream")
@@ -150,7 +154,7 @@ def check_kv_fit(spec, batch: int, tokens: int, capacity: int | None, weights_gi
 
 class VLLM(Backend):
     parallel_keys = OFFLINE_PARALLEL
-    columns_schema = TTFT_COLUMNS
+    columns_schema = {**TTFT_COLUMNS, **JIT_COLUMNS}
     engine_options = EngineOptions  # what **options takes (the sweep checks a point's keys against it)
 
     @classmethod
@@ -167,6 +171,7 @@ class VLLM(Backend):
         self.traces: EngineTraces | None = None
         self._ids = itertools.count()
         self._ttft: dict = {}
+        self._jit: int | None = None
 
     def load(self, request: LoadRequest) -> None:
         moe = paths.installed_moe_path(self.engine.moe_path)
@@ -196,6 +201,7 @@ class VLLM(Backend):
         from vllm.sampling_params import RequestOutputKind
 
         check_kv_fit(self.spec, prompts.shape[0], prompts.shape[1] + new_tokens, *self.kv)
+        logged = self.log.size()  # the core logs a compilation before the step that needed it returns
         engine = self.llm.llm_engine
         params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0,
                                 detokenize=False, output_kind=RequestOutputKind.DELTA)
@@ -228,13 +234,14 @@ class VLLM(Backend):
             while engine.has_unfinished_requests():
                 step()
         self._ttft = ttft_parts(added, start, list(first.values()))
+        self._jit = paths.jit_compiles(self.log.text(logged))
         return stamped_generation([tokens[i] for i in ids], [stamps[i] for i in ids], start, new_tokens)
 
     def profiler(self, trace):
         return self.traces.window(self.llm.start_profile, self.llm.stop_profile, trace)
 
     def columns(self) -> dict:
-        return {"engine_path": paths.engine_path(self.log.text()), **self._ttft}
+        return {"engine_path": paths.engine_path(self.log.text()), **self._ttft, "jit_compiles": self._jit}
 
     def memory(self) -> dict[str, float | None]:
         return paths.memory(self.log.text())

@@ -55,9 +55,14 @@ class EngineLog:
             self.copy_to_stderr()
             os.unlink(self.path)
 
-    def text(self) -> str:
-        with open(self.path, errors="replace") as f:
-            return f.read()
+    def size(self) -> int:
+        return os.path.getsize(self.path)
+
+    def text(self, since: int = 0) -> str:
+        """The log from byte `since` (a size() taken earlier) on."""
+        with open(self.path, "rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
 
     def tail(self, lines: int = 30) -> str:
         with open(self.path, errors="replace") as f:

@@ -77,12 +77,20 @@ _USING = re.compile(r"\bUsing (.+?) backend\b")
 _WEIGHTS = re.compile(r"Model loading took ([\d.]+) GiB")
 _KV = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
 _KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
+# vLLM's kernel JIT monitor (0.26) warns of each Triton compilation inside inference; without
+# `jit_monitor_verbose` it names a kernel once, and later compilations of it go unlogged.
+_JIT = "Triton kernel JIT compilation during inference"
 
 
 def engine_path(log: str) -> str | None:
     """The distinct "Using ... backend" choices of a vLLM log, in order, joined by "; "."""
     seen = dict.fromkeys(m.group(1).replace("'", "").strip() for m in _USING.finditer(log))
     return "; ".join(seen) or None
+
+
+def jit_compiles(log: str) -> int:
+    """Triton compilations that vLLM's JIT monitor logged in `log` (a part of its log)."""
+    return log.count(_JIT)
 
 
 def kv_fit(log: str) -> tuple[int | None, float | None]:

@@ -46,6 +46,7 @@ KINDS = {
     "disagrees": "Points that disagree with the reference",
     "noisy": "Noisy points",
     "unsettled": "Points whose warm-up did not settle",
+    "compiled": "Points that compiled kernels while measured",
     "fastest": "Fastest engine per shape (decode)",
     "mbu": "Memory bandwidth at batch 1",
     "quant": "MXFP4 against bf16",
@@ -413,16 +414,24 @@ def disagrees(p: pd.DataFrame) -> list[Finding]:
 
 
 def noisy(p: pd.DataFrame) -> list[Finding]:
+    """Points whose repeats spread: their mean step times (cv) or their TTFTs (ttft_cv)."""
     out = []
-    ok = _ok(p, "cv")
-    for _, row in _order(ok[ok["cv"] > NOISY_CV]).iterrows():
-        numbers = _shape_numbers(row) | {"cv": _num(row, "cv", percent)}
+    ok = _ok(p)
+    spread = {"cv": "the mean step times", "ttft_cv": "the TTFTs"}
+    loud = pd.Series(False, index=ok.index)
+    for c in spread.keys() & set(ok.columns):
+        loud |= ok[c] > NOISY_CV
+    for _, row in _order(ok[loud]).iterrows():
+        columns = [c for c in spread if _present(row, c) and row[c] > NOISY_CV]
+        numbers = _shape_numbers(row) | {c: _num(row, c, percent) for c in columns}
         repeats = ""
         if _present(row, "repeats"):
             numbers["repeats"] = _num(row, "repeats", integer)
             repeats = f" of its {integer(row['repeats'])} repeats"
-        out.append(Finding("noisy", f"{_shape(row)}: {_engine(row)} is noisy: the mean step times{repeats} spread "
-                                    f"with cv {percent(row['cv'])} (above {percent(NOISY_CV)}).", numbers, {}, "note"))
+        what = " and ".join(f"{spread[c]}{repeats if i == 0 else ''} spread with cv {percent(row[c])}"
+                            for i, c in enumerate(columns))
+        out.append(Finding("noisy", f"{_shape(row)}: {_engine(row)} is noisy: {what} (above {percent(NOISY_CV)}).",
+                           numbers, {}, "note"))
     return out
 
 
@@ -440,6 +449,21 @@ def unsettled(p: pd.DataFrame) -> list[Finding]:
     return out
 
 
+def compiled(p: pd.DataFrame) -> list[Finding]:
+    """Points whose last measured call compiled kernels (vLLM's JIT monitor: jit_compiles)."""
+    if "jit_compiles" not in p:  # no engine of the run counts them
+        return []
+    out = []
+    ok = _ok(p, "jit_compiles")
+    for _, row in _order(ok[ok["jit_compiles"] > 0]).iterrows():
+        numbers = _shape_numbers(row) | {"jit_compiles": _num(row, "jit_compiles", integer)}
+        out.append(Finding("compiled", f"{_shape(row)}: {_engine(row)} compiled {integer(row['jit_compiles'])} "
+                                       f"Triton kernel(s) during its last measured call: its times include compiling "
+                                       f"(a new step shape the warm-up did not have).",
+                           numbers, {}, "warning"))
+    return out
+
+
 def findings(runs: Runs) -> list[Finding]:
     """Every finding of the runs, in KINDS order; with several runs each sentence starts with its
     run's label (engines are compared within a run, on one machine)."""
@@ -447,6 +471,7 @@ def findings(runs: Runs) -> list[Finding]:
     for info in runs.infos:
         p = runs.points[runs.points["run"] == info.label]
         found = [*setup(info, p), *gpus(p), *failed(p), *throttled(p), *disagrees(p), *noisy(p), *unsettled(p),
+                 *compiled(p),
                  *fastest(p), *mbu(p, info.mbu_ceiling), *quant(p), *paths(p),
                  *host(p, None if runs.kernels is None else runs.kernels[runs.kernels["run"] == info.label])]
         if len(runs.infos) > 1:

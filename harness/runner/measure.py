@@ -24,7 +24,8 @@ from harness.runner.prompts import prompts
 # the whole batch has its first token / its next token (serving backends put per-request means
 # in columns of their own).
 LATENCY_COLUMNS: dict[str, pa.DataType] = {
-    "ttft_ms": pa.float64(), "prefill_tok_s": pa.float64(), "tpot_ms_mean": pa.float64(),
+    "ttft_ms": pa.float64(), "ttft_ms_repeat_p50": pa.float64(), "ttft_cv": pa.float64(),
+    "prefill_tok_s": pa.float64(), "tpot_ms_mean": pa.float64(),
     "tpot_ms_p50": pa.float64(), "tpot_ms_p90": pa.float64(), "tpot_ms_p99": pa.float64(),
     "decode_tok_s": pa.float64(), "e2e_ms": pa.float64(), "cv": pa.float64(),
     "warmup_calls": pa.int64(), "warmup_settled": pa.bool_(),  # settled: null unless workload.warmup_max
@@ -84,11 +85,13 @@ def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str
             with pt.profile(backend.profiler):
                 backend.generate(x, 1 + tel.cfg.profile_steps, phases=pt.phases)
     steps = np.array([g.step_ms for g in gens], dtype=np.float64)  # [repeats, new_tokens - 1]
-    ttft = float(np.mean([g.ttft_ms for g in gens]))
+    ttfts = np.array([g.ttft_ms for g in gens], dtype=np.float64)
+    ttft = float(ttfts.mean())
     per_repeat = steps.mean(axis=1)
     p50, p90, p99 = np.percentile(steps, [50, 90, 99])
     row = {
-        "ttft_ms": ttft, "prefill_tok_s": B * C / (ttft / 1e3),
+        "ttft_ms": ttft, "ttft_ms_repeat_p50": float(np.median(ttfts)),
+        "ttft_cv": float(ttfts.std(ddof=1) / ttft) if R > 1 else None, "prefill_tok_s": B * C / (ttft / 1e3),
         "tpot_ms_mean": float(steps.mean()), "tpot_ms_p50": float(p50), "tpot_ms_p90": float(p90),
         "tpot_ms_p99": float(p99), "decode_tok_s": B * 1e3 / float(steps.mean()), "e2e_ms": float(np.mean(e2e)),
         "cv": float(per_repeat.std(ddof=1) / per_repeat.mean()) if R > 1 else None,
