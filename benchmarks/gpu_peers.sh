@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_peers.sh OUT_DIR SECONDS STEP...
 #   steps: stage:N (copy .carryN/* to /tmp/stage)  wheels  restore (RESTORE=benchmarks/runs/...)  install
 #          sweep  peers  peers8k  peers120b  paths (PATHS="marlin ..." to choose, PATH_CAP=seconds each)
-#          ttft  serve  openloop  latency
-#          (LATENCY="BATCHxOUT[@CHUNK] ...")  check  engine  gemv  llama  tests (TESTS="tests/test_x.py ...")
+#          ttft  serve  openloop  latency (LATENCY="BATCHxOUT[@CHUNK] ...")  ab (ROUNDS=3)  check
+#          engine  gemv  llama  tests (TESTS="tests/test_x.py ...")
 #
 # The bundle (docs/offline-bundles.md) arrives in chunks, one device call each, in ignored .carryN
 # folders; `install` verifies and unpacks it. Worker groups of vLLM capture CUDA graphs only at the
@@ -46,6 +46,18 @@ peers_sweep() {
   else
     step 570 python3 -m harness sweep=peers hardware=H200 run_id=$id results_dir="$res" reports_dir="$res/reports" "$@"
   fi
+}
+# `bench_latency BATCHxOUT[@CHUNK] DIR`: one `vllm bench latency` run, its JSON to DIR/latency-BATCHxOUT.json
+bench_latency() {
+  local p=$1 b=${1%x*} n=${1#*x} c=$CHUNK
+  [[ $n == *@* ]] && { c=${n#*@}; n=${n%@*}; }
+  mkdir -p "$2"
+  ckpt=$(python3 -m harness.model.synthetic --model gpt-oss-20b | tail -1 | cut -f1)  # written once, then found
+  step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len $n \
+    --batch-size $b --num-iters-warmup 8 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
+    --no-enable-prefix-caching --max-model-len 1280 --max-num-seqs 256 --cudagraph-capture-sizes 1 8 64 256 \
+    --max-num-batched-tokens $c --output-json "$2/latency-$p.json" > "$out/latency-$p.log" 2>&1
+  tail -3 "$out/latency-$p.log"
 }
 export CHUNK JIT VLLM; export -f bench vllm_bench serve peers_sweep
 
@@ -105,15 +117,17 @@ for s in "$@"; do case $s in
   latency)  # vLLM's own `vllm bench latency` on the same checkpoint and engine settings: BATCHxOUT
     # with OUT 256 checks TTFT + 255 TPOT, with OUT 1 (prefill and the first token) TTFT alone; its
     # JSONs go to $res/latency, so a `check` in a later call on the same machine finds them
-    mkdir -p "$res/latency"
-    ckpt=$(python3 -m harness.model.synthetic --model gpt-oss-20b | tail -1 | cut -f1)  # written once, then found
-    for p in ${LATENCY:-1x256 64x256 1x1 8x1 64x1}; do  # BATCHxOUT[@CHUNK]
-      b=${p%x*}; n=${p#*x}; c=$CHUNK; [[ $n == *@* ]] && { c=${n#*@}; n=${n%@*}; }
-      step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len $n \
-        --batch-size $b --num-iters-warmup 8 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
-        --no-enable-prefix-caching --max-model-len 1280 --max-num-seqs 256 --cudagraph-capture-sizes 1 8 64 256 \
-        --max-num-batched-tokens $c --output-json "$res/latency/latency-$p.json" > "$out/latency-$p.log" 2>&1
-      tail -3 "$out/latency-$p.log"
+    for p in ${LATENCY:-1x256 64x256 1x1 8x1 64x1}; do bench_latency "$p" "$res/latency"; done;;
+  ab)  # batch 1's TTFT, bench's and ours in turn, ROUNDS rounds (3), the order swapped each round: its
+    # 1,024-token prefill is launch-bound, and engine starts on one machine differed by ~10% (47.0-58.1
+    # ms ours, bench 43.3, 2026-12-04), so one pair cannot settle a 5% check; each round its own
+    # run folder ab-rN and bench JSON ab-rN-latency/, checked together
+    for r in $(seq ${ROUNDS:-3}); do
+      ours=(step 150 vllm_bench -m workload.batch_size=1 run_id=ab-r$r)
+      (( r % 2 )) || "${ours[@]}"
+      bench_latency 1x1 "$res/ab-r$r-latency"
+      (( r % 2 )) && "${ours[@]}"
+      python3 benchmarks/cross_check.py "$res/ab-r$r" "$res/ab-r$r-latency/latency-1x1.json" | tee -a "$out/ab.md"
     done;;
   engine)  # issue 16: the engine's targets (ceilings measured in the same run); with the gemv step's
     # tiles (run before it in the same call), its gemv points a second time on those
