@@ -121,9 +121,10 @@ for s in "$@"; do case $s in
   ab)  # batch 1's TTFT, bench's and ours in turn, ROUNDS rounds (3), the order swapped each round: its
     # 1,024-token prefill is launch-bound, and engine starts on one machine differed by ~10% (47.0-58.1
     # ms ours, bench 43.3, 2026-12-04), so one pair cannot settle a 5% check; each round its own
-    # run folder ab-rN and bench JSON ab-rN-latency/, checked together
+    # run folder ab-rN (with bench's engine settings) and bench JSON ab-rN-latency/, checked together
     for r in $(seq ${ROUNDS:-3}); do
-      ours=(step 150 vllm_bench -m workload.batch_size=1 run_id=ab-r$r)
+      ours=(step 150 vllm_bench -m workload.batch_size=1 run_id=ab-r$r +backend.engine_args.max_num_seqs=256
+            +backend.engine_args.max_model_len=1280)  # bench's engine settings
       (( r % 2 )) || "${ours[@]}"
       bench_latency 1x1 "$res/ab-r$r-latency"
       (( r % 2 )) && "${ours[@]}"
