@@ -4,6 +4,11 @@ point of the run folder at batch B. With N = 1 bench's latency is the prefill an
 is set against our TTFT; with N = the run's new_tokens, against our whole call (e2e_ms).
 
     python benchmarks/cross_check.py RUN_DIR LATENCY_JSON... [--setup moe_path=auto] [--tolerance 0.05]
+    python benchmarks/cross_check.py --rounds RESULTS_DIR      # gpu_peers.sh's `ab` step: ab-rN/, ab-rN-latency/
+
+Rounds of the same point, bench and ours in turn, are judged by the median of their offsets: a
+launch-bound point (batch 1's 1,024-token prefill) varies by ~10% from one engine start to the
+next on one machine (H200, 2026-12-04), more than the 5% to be checked.
 
 A run folder with several vLLM set-ups (sweep=peers' arms) needs --setup: the one `bench latency`
 ran (its default MoE path is `moe_path=auto`).
@@ -59,35 +64,40 @@ def admissions(run: Path) -> dict[str, str]:
     return {p["point_id"]: str(p["config"]["backend"]["options"].get("admit", "")) for p in points}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run", help="a run folder with backend=vllm points")
-    ap.add_argument("latency", nargs="+", type=Path, help="latency-BxN.json files")
-    ap.add_argument("--context", type=int, default=1024, help="the points' context (gpu_peers.sh: --input-len 1024)")
-    ap.add_argument("--setup", help="the vLLM set-up to check, where the run has several (e.g. moe_path=auto)")
-    ap.add_argument("--tolerance", type=float, default=0.05)
-    args = ap.parse_args(argv)
-    points = load(args.run)
-    points = points[(points.backend == "vllm") & (points.status == "ok") & (points.context_len == args.context)]
+HEADER = ["batch", "admitted", "ours", "ours' cv", "bench latency p50", "its cv", "its last half", "ours vs p50",
+          "within"]
+
+
+def vllm_points(run: Path, context: int, setup: str | None) -> pd.DataFrame:
+    """The run's ok vLLM points at `context` of one set-up, indexed by batch size."""
+    try:
+        points = load(run)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    points = points[(points.backend == "vllm") & (points.status == "ok") & (points.context_len == context)]
     setups = sorted(points.setup.unique())
-    if args.setup is not None:
-        points = points[points.setup == args.setup]
+    if setup is not None:
+        points = points[points.setup == setup]
         if points.empty:
-            raise SystemExit(f"--setup {args.setup}: no ok vLLM point at context {args.context} has it; "
+            raise SystemExit(f"--setup {setup}: no ok vLLM point at context {context} has it; "
                              f"the run's set-ups: {', '.join(setups) or 'none'}")
     elif len(setups) > 1:
-        raise SystemExit(f"{args.run} has several vLLM set-ups ({', '.join(setups)}): name the one "
+        raise SystemExit(f"{run} has several vLLM set-ups ({', '.join(setups)}): name the one "
                          f"`bench latency` ran with --setup (its default MoE path: moe_path=auto)")
-    points = points.drop_duplicates("batch_size", keep="last").set_index("batch_size")
-    admitted = admissions(args.run)
-    print("| batch | admitted | ours | ours' cv | bench latency p50 | its cv | its last half | ours vs p50 | within |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    failed = False
-    for path in sorted(args.latency, key=lambda p: bench_latency(p)[:2]):
+    return points.drop_duplicates("batch_size", keep="last").set_index("batch_size")
+
+
+def check(run: Path, points: pd.DataFrame, latency: list[Path], args, lead: list[str]) -> list[float | None]:
+    """Print one table row per latency JSON (after the `lead` cells) against the run's `points`
+    (vllm_points); each row's offset from bench's median, None where no point sets against it."""
+    admitted = admissions(run)
+    offs = []
+    for path in sorted(latency, key=lambda p: bench_latency(p)[:2]):
         batch, out, lat = bench_latency(path)
+        cells = [str(batch)]
         if batch not in points.index:
-            print(f"| {batch} | | no ok vLLM point in {args.run} | | | | | | no |")
-            failed = True
+            print("| " + " | ".join(lead + cells + ["", f"no ok vLLM point in {run}", "", "", "", "", "", "no"]) + " |")
+            offs.append(None)
             continue
         p = points.loc[batch]
         if out == 1:  # the repeats' median against bench's (the mean for runs without that column)
@@ -96,17 +106,55 @@ def main(argv: list[str] | None = None) -> int:
         elif out == p.new_tokens:
             what, ours, cv = "e2e", p.e2e_ms, p.cv  # the repeats' mean steps spread as their e2e does
         else:
-            print(f"| {batch} | | {path.name}: {out} tokens, the run's points made {p.new_tokens} | | | | | | no |")
-            failed = True
+            print("| " + " | ".join(lead + cells + ["", f"{path.name}: {out} tokens, the run's points made "
+                                                        f"{p.new_tokens}", "", "", "", "", "", "no"]) + " |")
+            offs.append(None)
             continue
         p50, late = statistics.median(lat), statistics.median(lat[len(lat) // 2:])
         its_cv = statistics.stdev(lat) / statistics.mean(lat) if len(lat) > 1 else None
         off = ours / p50 - 1
-        ok = abs(off) <= args.tolerance
-        failed |= not ok
-        print(f"| {batch} | {admitted.get(p.point_id, '')} | {what} {ours:,.1f} ms | {_percent(cv)} | {p50:,.1f} ms | "
-              f"{_percent(its_cv)} | {late:,.1f} ms | {off:+.1%} | {'yes' if ok else 'no'} |")
-    return int(failed)
+        offs.append(off)
+        print("| " + " | ".join(lead + cells + [
+            admitted.get(p.point_id, ""), f"{what} {ours:,.1f} ms", _percent(cv), f"{p50:,.1f} ms", _percent(its_cv),
+            f"{late:,.1f} ms", f"{off:+.1%}", "yes" if abs(off) <= args.tolerance else "no"]) + " |")
+    return offs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", nargs="?", type=Path, help="a run folder with backend=vllm points")
+    ap.add_argument("latency", nargs="*", type=Path, help="latency-BxN.json files")
+    ap.add_argument("--rounds", type=Path, metavar="DIR",
+                    help="instead: every round of gpu_peers.sh's `ab` step in DIR (ab-rN/ and ab-rN-latency/), "
+                         "judged by the median of the rounds' offsets")
+    ap.add_argument("--context", type=int, default=1024, help="the points' context (gpu_peers.sh: --input-len 1024)")
+    ap.add_argument("--setup", help="the vLLM set-up to check, where the run has several (e.g. moe_path=auto)")
+    ap.add_argument("--tolerance", type=float, default=0.05)
+    args = ap.parse_args(argv)
+    if (args.rounds is None) == (args.run is None) or (args.run is not None and not args.latency):
+        ap.error("give a run folder and its latency JSONs, or --rounds DIR")
+    if args.rounds is None:
+        points = vllm_points(args.run, args.context, args.setup)
+        print("| " + " | ".join(HEADER) + " |\n|" + " --- |" * len(HEADER))
+        return int(not all(off is not None and abs(off) <= args.tolerance
+                           for off in check(args.run, points, args.latency, args, [])))
+    rounds = sorted((d for d in args.rounds.glob("ab-r*") if re.fullmatch(r"ab-r\d+", d.name)
+                     and (d / "points.parquet").is_file()),  # a round cut short before its run wrote nothing
+                    key=lambda d: int(d.name[4:]))
+    if not rounds:
+        raise SystemExit(f"{args.rounds}: no round (ab-rN/ beside ab-rN-latency/), as gpu_peers.sh's `ab` step leaves")
+    points = [vllm_points(d, args.context, args.setup) for d in rounds]
+    print("| round | " + " | ".join(HEADER) + " |\n|" + " --- |" * (len(HEADER) + 1))
+    offs = [off for d, p in zip(rounds, points)
+            for off in check(d, p, sorted((args.rounds / f"{d.name}-latency").glob("latency-*.json")), args,
+                             [d.name[4:]])]
+    if None in offs or not offs:
+        return 1
+    median = statistics.median(offs)
+    within = abs(median) <= args.tolerance
+    print(f"| all {len(rounds)} | median of the rounds' offsets | | | | | | | {median:+.1%} | "
+          f"{'yes' if within else 'no'} |")
+    return int(not within)
 
 
 if __name__ == "__main__":

@@ -121,15 +121,16 @@ for s in "$@"; do case $s in
   ab)  # batch 1's TTFT, bench's and ours in turn, ROUNDS rounds (3), the order swapped each round: its
     # 1,024-token prefill is launch-bound, and engine starts on one machine differed by ~10% (47.0-58.1
     # ms ours, bench 43.3, 2026-12-04), so one pair cannot settle a 5% check; each round its own
-    # run folder ab-rN (with bench's engine settings) and bench JSON ab-rN-latency/, checked together
+    # run folder ab-rN (with bench's engine settings) and bench JSON ab-rN-latency/; judged by the
+    # median of the rounds' offsets
     for r in $(seq ${ROUNDS:-3}); do
       ours=(step 150 vllm_bench -m workload.batch_size=1 run_id=ab-r$r +backend.engine_args.max_num_seqs=256
             +backend.engine_args.max_model_len=1280)  # bench's engine settings
       (( r % 2 )) || "${ours[@]}"
       bench_latency 1x1 "$res/ab-r$r-latency"
       (( r % 2 )) && "${ours[@]}"
-      python3 benchmarks/cross_check.py "$res/ab-r$r" "$res/ab-r$r-latency/latency-1x1.json" | tee -a "$out/ab.md"
-    done;;
+    done
+    python3 benchmarks/cross_check.py --rounds "$res" | tee "$out/ab.md";;
   engine)  # issue 16: the engine's targets (ceilings measured in the same run); with the gemv step's
     # tiles (run before it in the same call), its gemv points a second time on those
     tiles=(); [ -f "$out/gemv/gemv_tiles.json" ] && tiles=(--gemv-tiles "$out/gemv/gemv_tiles.json")

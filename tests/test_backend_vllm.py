@@ -347,3 +347,23 @@ def test_cross_check_of_a_run_with_several_vllm_setups_takes_the_one_named(tmp_p
     assert cross_check.main([str(run), latency, "--setup", "moe_path=auto"]) == 0
     row = capsys.readouterr().out.splitlines()[2]
     assert row == "| 8 | stream | TTFT mean 119.0 ms |  | 118.0 ms | 0.0% | 118.0 ms | +0.8% | yes |"
+
+
+def test_cross_check_of_rounds_judges_the_median_offset(tmp_path, capsys):
+    """gpu_peers.sh's `ab` step: bench and ours in turn, a run folder and a bench JSON a round. One
+    slow engine start (+20%) among rounds within 2% is not the verdict; the rounds' median is."""
+    for r, ttft in ((1, 52.0), (2, 44.0), (3, 43.5)):
+        cross_check = cross_check_of(tmp_path / f"ab-r{r}", [dict(
+            point_id=f"b1-r{r}", backend="vllm", status="ok", batch_size=1, context_len=1024, new_tokens=256,
+            ttft_ms=ttft, ttft_ms_repeat_p50=ttft, ttft_cv=0.01, e2e_ms=800.0)])
+        (tmp_path / f"ab-r{r}-latency").mkdir()
+        (tmp_path / f"ab-r{r}-latency" / "latency-1x1.json").write_text(json.dumps({"latencies": [0.0433] * 8}))
+
+    assert cross_check.main(["--rounds", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| 1", "| 2", "| 3", "| all 3"]
+    assert lines[2].endswith("| +20.1% | no |") and lines[-1].endswith("| +1.6% | yes |")
+    with pytest.raises(SystemExit, match="no round"):
+        cross_check.main(["--rounds", str(tmp_path / "ab-r1")])
+    with pytest.raises(SystemExit):  # neither a run nor rounds: argparse's one line, status 2
+        cross_check.main([])
