@@ -36,6 +36,40 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK"
                "VLLM_USE_FLASHINFER_SAMPLER": "0"}
 
 
+FREEZE = "HOST_FREEZE.txt"  # the --constraints file, in the bundle: install.sh compares the host with it
+# install.sh's comparison of the host's `pip freeze` with FREEZE: a bundle resolved against other
+# versions than the host has may not import there, so it says which (a warning: the unpack goes on).
+COMPARE_FREEZE = r"""
+import re, subprocess, sys
+
+def pins(text):
+    found = {}
+    for line in text.splitlines():
+        m = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:==|@)\s*(\S+)", line.strip())
+        if m:
+            found[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return found
+
+freeze, name = sys.argv[1], sys.argv[2]
+try:
+    host = pins(subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True,
+                               check=True).stdout)
+except (OSError, subprocess.CalledProcessError) as e:
+    sys.exit(f"install.sh: the host's pip freeze failed ({e}): not compared with {name}")
+frozen = pins(open(freeze).read())
+differ = [f"{n} {v} -> {host[n]}" if n in host else f"{n} {v} missing"
+          for n, v in sorted(frozen.items()) if host.get(n) != v]
+if differ:
+    shown = ", ".join(differ[:8]) + (", ..." if len(differ) > 8 else "")
+    print(f"install.sh: warning: the host differs from {name}, the freeze this bundle was resolved against, "
+          f"in {len(differ)} of {len(frozen)}: {shown}; if an import fails, rebuild the bundle from this "
+          f"host's pip freeze")
+else:
+    print(f"install.sh: the host has the {len(frozen)} distributions of {name}, the freeze this bundle was "
+          f"resolved against")
+"""
+
+
 class BundleError(Exception):
     """A problem with the input or a failed step, said in one line."""
 
@@ -240,6 +274,9 @@ while read -r sum name; do
   parts+=("$here/$name")
 done < "$here/SHA256SUMS"
 echo "install.sh: ${{#parts[@]}} chunks verified" >&2
+"${{PYTHON:-python3}}" - "$here/{FREEZE}" {FREEZE} >&2 <<'COMPARE' || true
+{COMPARE_FREEZE.strip()}
+COMPARE
 mkdir -p "$1"
 target=$(cd "$1" && pwd)
 cat "${{parts[@]}}" | "${{PYTHON:-python3}}" -c '
@@ -290,6 +327,7 @@ def build(args):
         pack(tree, work / ARCHIVE)
         parts = split(work / ARCHIVE, chunk_bytes, out)
     write_sha256sums(parts, out)
+    shutil.copyfile(args.constraints, out / FREEZE)
     install = out / "install.sh"
     install.write_text(install_script(with_tiktoken=bool(args.tiktoken_dir)))
     install.chmod(0o755)

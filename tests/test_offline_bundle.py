@@ -3,6 +3,7 @@ host whose freeze pins six (dateutil's one dependency), cut into many small chun
 its install.sh. Needs PyPI (or pip's configured index); skips, saying so, only when that cannot be
 reached. About 5 s."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,22 @@ def test_bundle_installs_and_imports(built, tmp_path):
     assert not (target / "bin").exists()
     contents = (built / "CONTENTS.txt").read_text()
     assert "six==1.17.0  (on the host)" in contents and "\npython-dateutil==2.9.0.post0\n" in contents
+
+    # This machine is not the host of HOST_FREEZE.txt (its torch is no 2.11.0+cu130): said, not fatal.
+    assert (built / "HOST_FREEZE.txt").read_text() == HOST_FREEZE
+    assert "install.sh: warning: the host differs from HOST_FREEZE.txt" in done.stderr
+    assert "torch 2.11.0+cu130 " in done.stderr and "rebuild the bundle from this host's pip freeze" in done.stderr
+
+
+def test_a_host_that_has_the_freeze_is_said_to(built, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    (copy / "HOST_FREEZE.txt").write_text(freeze)
+    done = subprocess.run(["bash", str(copy / "install.sh"), str(tmp_path / "site")], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHON=sys.executable))
+    assert done.returncode == 0, done.stderr
+    assert "install.sh: the host has the " in done.stderr and "warning" not in done.stderr
 
 
 def test_corrupted_chunk_is_named(built, tmp_path):
