@@ -87,16 +87,25 @@ def vllm_points(run: Path, context: int, setup: str | None) -> pd.DataFrame:
     return points.drop_duplicates("batch_size", keep="last").set_index("batch_size")
 
 
+def _row(head: list[str], tail: list[str], width: int) -> None:
+    """One markdown table row of `width` cells: `head`, empty cells, `tail`."""
+    print("| " + " | ".join(head + [""] * (width - len(head) - len(tail)) + tail) + " |")
+
+
+def _header(cells: list[str]) -> None:
+    print("| " + " | ".join(cells) + " |\n|" + " --- |" * len(cells))
+
+
 def check(run: Path, points: pd.DataFrame, latency: list[Path], args, lead: list[str]) -> list[float | None]:
     """Print one table row per latency JSON (after the `lead` cells) against the run's `points`
     (vllm_points); each row's offset from bench's median, None where no point sets against it."""
-    admitted = admissions(run)
+    admitted, width = admissions(run), len(lead) + len(HEADER)
     offs = []
     for path in sorted(latency, key=lambda p: bench_latency(p)[:2]):
         batch, out, lat = bench_latency(path)
-        cells = [str(batch)]
+        cells = [*lead, str(batch)]
         if batch not in points.index:
-            print("| " + " | ".join(lead + cells + ["", f"no ok vLLM point in {run}", "", "", "", "", "", "no"]) + " |")
+            _row(cells + ["", f"no ok vLLM point in {run}"], ["no"], width)
             offs.append(None)
             continue
         p = points.loc[batch]
@@ -106,17 +115,16 @@ def check(run: Path, points: pd.DataFrame, latency: list[Path], args, lead: list
         elif out == p.new_tokens:
             what, ours, cv = "e2e", p.e2e_ms, p.cv  # the repeats' mean steps spread as their e2e does
         else:
-            print("| " + " | ".join(lead + cells + ["", f"{path.name}: {out} tokens, the run's points made "
-                                                        f"{p.new_tokens}", "", "", "", "", "", "no"]) + " |")
+            _row(cells + ["", f"{path.name}: {out} tokens, the run's points made {p.new_tokens}"], ["no"], width)
             offs.append(None)
             continue
         p50, late = statistics.median(lat), statistics.median(lat[len(lat) // 2:])
         its_cv = statistics.stdev(lat) / statistics.mean(lat) if len(lat) > 1 else None
         off = ours / p50 - 1
         offs.append(off)
-        print("| " + " | ".join(lead + cells + [
-            admitted.get(p.point_id, ""), f"{what} {ours:,.1f} ms", _percent(cv), f"{p50:,.1f} ms", _percent(its_cv),
-            f"{late:,.1f} ms", f"{off:+.1%}", "yes" if abs(off) <= args.tolerance else "no"]) + " |")
+        verdict = [f"{off:+.1%}", "yes" if abs(off) <= args.tolerance else "no"]
+        _row(cells + [admitted.get(p.point_id, ""), f"{what} {ours:,.1f} ms", _percent(cv), f"{p50:,.1f} ms",
+                      _percent(its_cv), f"{late:,.1f} ms"], verdict, width)
     return offs
 
 
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give a run folder and its latency JSONs, or --rounds DIR")
     if args.rounds is None:
         points = vllm_points(args.run, args.context, args.setup)
-        print("| " + " | ".join(HEADER) + " |\n|" + " --- |" * len(HEADER))
+        _header(HEADER)
         return int(not all(off is not None and abs(off) <= args.tolerance
                            for off in check(args.run, points, args.latency, args, [])))
     rounds = sorted((d for d in args.rounds.glob("ab-r*") if re.fullmatch(r"ab-r\d+", d.name)
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rounds:
         raise SystemExit(f"{args.rounds}: no round (ab-rN/ beside ab-rN-latency/), as gpu_peers.sh's `ab` step leaves")
     points = [vllm_points(d, args.context, args.setup) for d in rounds]
-    print("| round | " + " | ".join(HEADER) + " |\n|" + " --- |" * (len(HEADER) + 1))
+    _header(["round", *HEADER])
     offs = [off for d, p in zip(rounds, points)
             for off in check(d, p, sorted((args.rounds / f"{d.name}-latency").glob("latency-*.json")), args,
                              [d.name[4:]])]
@@ -152,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     median = statistics.median(offs)
     within = abs(median) <= args.tolerance
-    print(f"| all {len(rounds)} | median of the rounds' offsets | | | | | | | {median:+.1%} | "
-          f"{'yes' if within else 'no'} |")
+    _row([f"all {len(rounds)}", "median of the rounds' offsets"], [f"{median:+.1%}", "yes" if within else "no"],
+         len(HEADER) + 1)
     return int(not within)
 
 

@@ -52,7 +52,7 @@ bench_latency() {
   local p=$1 b=${1%x*} n=${1#*x} c=$CHUNK
   [[ $n == *@* ]] && { c=${n#*@}; n=${n%@*}; }
   mkdir -p "$2"
-  ckpt=$(python3 -m harness.model.synthetic --model gpt-oss-20b | tail -1 | cut -f1)  # written once, then found
+  ckpt=${ckpt:-$(python3 -m harness.model.synthetic --model gpt-oss-20b | tail -1 | cut -f1)}  # written once
   step 200 python3 -m vllm.entrypoints.cli.main bench latency --model "$ckpt" --input-len 1024 --output-len $n \
     --batch-size $b --num-iters-warmup 8 --num-iters 8 --disable-detokenize --skip-tokenizer-init \
     --no-enable-prefix-caching --max-model-len 1280 --max-num-seqs 256 --cudagraph-capture-sizes 1 8 64 256 \

@@ -416,13 +416,11 @@ def disagrees(p: pd.DataFrame) -> list[Finding]:
 def noisy(p: pd.DataFrame) -> list[Finding]:
     """Points whose repeats spread: their mean step times (cv) or their TTFTs (ttft_cv)."""
     out = []
-    ok = _ok(p)
     spread = {"cv": "the mean step times", "ttft_cv": "the TTFTs"}
-    loud = pd.Series(False, index=ok.index)
-    for c in spread.keys() & set(ok.columns):
-        loud |= ok[c] > NOISY_CV
-    for _, row in _order(ok[loud]).iterrows():
+    for _, row in _order(_ok(p)).iterrows():
         columns = [c for c in spread if _present(row, c) and row[c] > NOISY_CV]
+        if not columns:
+            continue
         numbers = _shape_numbers(row) | {c: _num(row, c, percent) for c in columns}
         repeats = ""
         if _present(row, "repeats"):
