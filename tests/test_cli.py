@@ -54,16 +54,16 @@ def test_invalid_sweep_fails_before_any_point(tmp_path):
 def test_arms_compare_engine_set_ups_in_one_run_folder(tmp_path):
     search = fault_conf(tmp_path, fault={"step_ms": 0.2}, other={})
     res = bench(tmp_path, search, *FAULT_POINT, "workload.batch_size=1,2",
-                "arms=['backend=other','backend=fault backend.step_ms=1','backend=fault backend.step_ms=3']")
+                "arms=['backend=other','backend=fault backend.step_ms=1','backend=fault backend.step_ms=8']")
     assert res.returncode == 0, res.stderr
     [run] = run_dirs(tmp_path)
     points = pd.read_parquet(run / "points.parquet").sort_values("point_id")
     assert len(points) == 6 and (points.status == "ok").all()
-    assert list(points.setup.drop_duplicates()) == ["step_ms=1", "step_ms=3", ""]
-    slow = points[points.setup == "step_ms=3"]
-    assert list(slow.point_id) == ["fault-step_ms.3-gpt-oss-tiny-mxfp4-b1-c16-n4", "fault-step_ms.3-gpt-oss-tiny-mxfp4-b2-c16-n4"]
-    assert (slow.tpot_ms_p50 > 2).all() and (points[points.setup == "step_ms=1"].tpot_ms_p50 < 2).all()
-    assert "fault-step_ms.3-gpt-oss-tiny-mxfp4 [step_ms=3]" in res.stdout  # the terminal's group table
+    assert list(points.setup.drop_duplicates()) == ["step_ms=1", "step_ms=8", ""]
+    slow = points[points.setup == "step_ms=8"]
+    assert list(slow.point_id) == ["fault-step_ms.8-gpt-oss-tiny-mxfp4-b1-c16-n4", "fault-step_ms.8-gpt-oss-tiny-mxfp4-b2-c16-n4"]
+    assert (slow.tpot_ms_p50 > 4).all() and (points[points.setup == "step_ms=1"].tpot_ms_p50 < 4).all()
+    assert "fault-step_ms.8-gpt-oss-tiny-mxfp4 [step_ms=8]" in res.stdout  # the terminal's group table
     html = (tmp_path / "reports" / f"{run.name}.html").read_text()
-    assert "fault [step_ms=1] mxfp4" in html and "fault [step_ms=3] mxfp4" in html and "other mxfp4" in html
+    assert "fault [step_ms=1] mxfp4" in html and "fault [step_ms=8] mxfp4" in html and "other mxfp4" in html
     assert "as fast as the next, fault [step_ms=1] mxfp4" in html  # the findings name set-ups too
