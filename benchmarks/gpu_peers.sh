@@ -19,8 +19,9 @@ out=${1:?output folder}; budget=${2:?seconds}; shift 2
 [ -f /tmp/vllm.env ] && . /tmp/vllm.env
 bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardware=H200 model=gpt-oss-20b \
   workload.context_len=1024 workload.new_tokens=256 workload.repeats=3 "$@"; }
-# Full-length warm-up calls until their TTFTs settle (workload.warmup_max): vLLM's JIT monitor logged
-# Triton compilations of its MoE routing kernels inside measured requests after one 4-token warm-up,
+# Full-length warm-up calls until their TTFTs settle and none compiles (workload.warmup_max): vLLM's
+# JIT monitor logged Triton compilations of its MoE routing kernels inside measured requests after one
+# 4-token warm-up,
 # and its own `bench latency` at batch 8 prefilled in 1.39, 0.15, 1.31, 1.37, 0.71 s, then in 0.11 s
 # (2026-12-03); `bench latency` itself gets 8 warm-up iterations. Both modes and `bench latency`
 # prefill in chunks of the same 16384 tokens (vLLM's offline default on an H200; its server's is
@@ -28,7 +29,7 @@ bench() { python3 -m harness results_dir="$res" reports_dir="$res/reports" hardw
 CHUNK=16384
 # Every vLLM point is profiled (vLLM's own profiler in its engine core: kernels.parquet, traces/), and
 # every Triton compilation inside inference logged (vLLM names a kernel once otherwise), so that
-# jit_compiles counts them all.
+# the warm-up sees each one and jit_compiles counts them all.
 JIT=+backend.engine_args.jit_monitor_verbose=true
 vllm_bench() { bench backend=vllm backend.python=python3 '+backend.engine_args.cudagraph_capture_sizes=[1,8,64,256]' $JIT \
   backend.max_num_batched_tokens=$CHUNK workload.warmup=2 workload.warmup_tokens=256 workload.warmup_max=10 \

@@ -117,6 +117,12 @@ class Backend(ABC):
     def version(self) -> str:
         return ""
 
+    def compiles(self) -> int | None:
+        """Kernel compilations (JIT) the engine has done since it loaded, a running count; None when it
+        cannot tell. The harness counts those inside each call: one inside a warm-up call keeps the
+        warm-up going (workload.warmup_max), one inside a measured call is reported (jit_compiles)."""
+        return None
+
     def columns(self) -> dict:
         """Columns beyond the measured ones, of the last generate call (e.g. engine_path: which kernels
         ran); the harness reads them after a point's measured repeats."""

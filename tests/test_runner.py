@@ -54,6 +54,7 @@ def test_measurement_comes_from_every_step(worker):
     assert row["cv"] is not None and row["e2e_ms"] > row["ttft_ms"]
     assert "agreement" not in row
     assert (row["warmup_calls"], row["warmup_settled"]) == (1, None)  # exactly `warmup` without warmup_max
+    assert row["jit_compiles"] is None  # this engine cannot tell
     one = point(worker, 1, repeats=1).data["row"]
     assert one["cv"] is None and one["ttft_cv"] is None  # one repeat has no spread
     assert one["ttft_ms_repeat_p50"] == one["ttft_ms"]
@@ -75,6 +76,22 @@ def test_warm_up_goes_on_until_ttft_settles(tmp_path, monkeypatch):
         assert (row["warmup_calls"], row["warmup_settled"]) == (3, True)
     finally:
         w.kill()
+
+
+def test_warm_up_goes_on_until_no_call_compiles(tmp_path, monkeypatch):
+    """Calls compiling 2, 1, 1, then no kernels, all prefilling in 100 ms: without warmup_max the measured repeats
+    (calls 2-4) compile 2 and say so; with it the warm-up runs until three calls compiled nothing."""
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    compiling = replace(FAULT, options={"compiles": [2, 1, 1, 0], "prefill_ms": [100]})
+    for warmup_max, expected in ((0, (1, None, 2)), (10, (6, True, 0))):
+        w = WorkerProcess(None, tmp_path / "worker.log")
+        try:
+            w.request(None, 60)
+            assert w.request(replace(load(tmp_path), backend=compiling), 60).status == "ok"
+            row = point(w, 1, warmup=1, warmup_max=warmup_max).data["row"]
+            assert (row["warmup_calls"], row["warmup_settled"], row["jit_compiles"]) == expected
+        finally:
+            w.kill()
 
 
 def test_ttft_median_and_spread_are_over_the_repeats(tmp_path, monkeypatch):
@@ -109,10 +126,12 @@ def test_columns_describe_the_last_measured_call_not_the_profiled_one(tmp_path, 
         w.kill()
 
 
-def test_settled_needs_three_calls_within_ten_percent():
-    assert not settled([20.0, 20.0])
-    assert settled([200.0, 20.0, 21.0, 19.0])
-    assert not settled([20.0, 21.0, 25.0])
+def test_settled_needs_three_calls_within_ten_percent_that_compiled_nothing():
+    assert not settled([20.0, 20.0], [None, None])
+    assert settled([200.0, 20.0, 21.0, 19.0], [None] * 4)
+    assert not settled([20.0, 21.0, 25.0], [None] * 3)
+    assert settled([200.0, 20.0, 21.0, 19.0], [5, 0, 0, 0])
+    assert not settled([200.0, 20.0, 21.0, 19.0], [5, 0, 1, 0])  # a new shape, however fast
     assert Workload(**{**WORKLOAD.__dict__, "warmup_max": 2}).problems() == [
         "workload.warmup_max=2: must be 0 (exactly workload.warmup calls) or at least max(workload.warmup, 3) "
         "(settling compares the last 3 calls)"]

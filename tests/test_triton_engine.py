@@ -186,6 +186,30 @@ def test_cuda_graph_replay_equals_eager():
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.gpu
+def test_compiles_counts_the_processs_triton_compilations():
+    """A repeated call compiles nothing; a kernel launched for the first time counts once."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _fresh(x_ptr, n: tl.constexpr):
+        tl.store(x_ptr + tl.arange(0, n), tl.arange(0, n))
+
+    req = request("gpt-oss-tiny", batch=2, seq=64)
+    eng = TritonMxfp4()
+    eng.load(req)
+    prompts, _ = inputs(req.spec, 2, 20, 1)
+    eng.generate(prompts, 4)
+    warm = eng.compiles()
+    eng.generate(prompts, 4)
+    assert eng.compiles() == warm
+    _fresh[(1,)](torch.empty(16, device=eng.device, dtype=torch.int32), 16)
+    _fresh[(1,)](torch.empty(16, device=eng.device, dtype=torch.int32), 16)
+    assert eng.compiles() == warm + 1
+    eng.close()
+
+
 def full_model_error(name: str, quant: str, batch: int, context: int, steps: int) -> tuple[float, float, float]:
     """Our engine's logits against fp32 torch_ref on the same weights (the weights' own format for a
     mode that only changes how we compute): rel err median, max, top-1 agreement. torch_ref runs

@@ -38,12 +38,29 @@ GROUPED_GEMM = re.compile(r"group", re.IGNORECASE)
 CUBLAS_GEMM = re.compile(r"nvjet|gemv|gemm|splitKreduce|xmma|cutlass", re.IGNORECASE)
 
 
+class JitCount:
+    """Triton JIT compilations in this process since install (knobs.runtime.jit_post_compile_hook:
+    a kernel built, or fetched from Triton's disk cache, at its first launch with a new
+    specialisation). Triton's interpreter compiles nothing: on a CPU the count stays 0."""
+
+    def __init__(self):
+        self.n = 0
+        self.chained = triton.knobs.runtime.jit_post_compile_hook  # someone else's hook keeps working
+        triton.knobs.runtime.jit_post_compile_hook = self
+
+    def __call__(self, **kwargs):
+        self.n += 1
+        if self.chained is not None:
+            return self.chained(**kwargs)
+
+
 class TritonMxfp4(StepBackend):
     quants = QUANT_MODES  # mxfp4_mxfp8 (MXFP8 activations x MXFP4 experts) is this engine's alone
 
     def __init__(self, cuda_graphs: bool = True, **options):
         super().__init__(cuda_graphs=cuda_graphs, **options)
         self.engine: Transformer | None = None
+        self.jit: JitCount | None = None
 
     def load(self, request: LoadRequest) -> None:
         if request.quant not in QUANT_MODES:
@@ -61,6 +78,7 @@ class TritonMxfp4(StepBackend):
             self.device = torch.device("cpu")
         else:
             raise RuntimeError("triton_mxfp4 needs a CUDA GPU, or TRITON_INTERPRET=1 to run its kernels on the CPU")
+        self.jit = JitCount()
         self.engine = Transformer(open_weights(request), request.quant, self.device, self.options["cuda_graphs"])
         self.engine.allocate(request.max_batch_size, request.max_seq_len)
 
@@ -69,6 +87,9 @@ class TritonMxfp4(StepBackend):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.engine.decode(tokens)
+
+    def compiles(self) -> int | None:
+        return None if self.jit is None else self.jit.n
 
     def memory(self) -> dict[str, float | None]:
         if self.engine is None:
@@ -89,5 +110,7 @@ class TritonMxfp4(StepBackend):
 
     def close(self) -> None:
         self.engine = None
+        if self.jit is not None:
+            triton.knobs.runtime.jit_post_compile_hook = self.jit.chained
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

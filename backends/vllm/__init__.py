@@ -124,10 +124,6 @@ def _version() -> str:
 # batch took to be added (our add_request calls, the scheduler paused; 0 with admit: stream, whose
 # TTFT clock starts at the first add).
 TTFT_COLUMNS = {"submit_ms": "float64", "ttft_queue_ms": "float64", "ttft_prefill_ms": "float64"}
-# Triton compilations vLLM's JIT monitor logged during the last measured call (paths.jit_compiles):
-# under streamed admission each new token count of a step compiled its MXFP4 MoE's routing kernels
-# again (`_topk_forward`, `_sum_bitmatrix_rows`: 17 step sizes at batch 1/8/64, H200, 2026-12-04).
-JIT_COLUMNS = {"jit_compiles": "int64"}
 
 
 ADMIT = ("batch", "stream")
@@ -154,7 +150,7 @@ def check_kv_fit(spec, batch: int, tokens: int, capacity: int | None, weights_gi
 
 class VLLM(Backend):
     parallel_keys = OFFLINE_PARALLEL
-    columns_schema = {**TTFT_COLUMNS, **JIT_COLUMNS}
+    columns_schema = TTFT_COLUMNS
     engine_options = EngineOptions  # what **options takes (the sweep checks a point's keys against it)
 
     @classmethod
@@ -171,7 +167,7 @@ class VLLM(Backend):
         self.traces: EngineTraces | None = None
         self._ids = itertools.count()
         self._ttft: dict = {}
-        self._jit: int | None = None
+        self._compiles = 0
 
     def load(self, request: LoadRequest) -> None:
         moe = paths.installed_moe_path(self.engine.moe_path)
@@ -234,14 +230,20 @@ class VLLM(Backend):
             while engine.has_unfinished_requests():
                 step()
         self._ttft = ttft_parts(added, start, list(first.values()))
-        self._jit = paths.jit_compiles(self.log.text(logged))
+        self._compiles += paths.jit_compiles(self.log.text(logged))
         return stamped_generation([tokens[i] for i in ids], [stamps[i] for i in ids], start, new_tokens)
 
     def profiler(self, trace):
         return self.traces.window(self.llm.start_profile, self.llm.stop_profile, trace)
 
+    def compiles(self) -> int:
+        # Triton compilations its JIT monitor logged (paths.jit_compiles): under streamed admission each
+        # new token count of a step compiled its MXFP4 MoE's routing kernels again (`_topk_forward`,
+        # `_sum_bitmatrix_rows`: 17 step sizes at batch 1/8/64, H200, 2026-12-04).
+        return self._compiles
+
     def columns(self) -> dict:
-        return {"engine_path": paths.engine_path(self.log.text()), **self._ttft, "jit_compiles": self._jit}
+        return {"engine_path": paths.engine_path(self.log.text()), **self._ttft}
 
     def memory(self) -> dict[str, float | None]:
         return paths.memory(self.log.text())
@@ -357,6 +359,9 @@ class VLLMServe(OpenAIEndpoint):
         generation = super().generate(prompts, new_tokens, forced, phases)
         self._server = server_means(before, self._histograms())
         return generation
+
+    def compiles(self) -> int:
+        return paths.jit_compiles(self.server.log_text())
 
     def columns(self) -> dict:
         return {**super().columns(), **self._server, "engine_path": paths.engine_path(self.server.log_text())}

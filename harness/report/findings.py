@@ -434,21 +434,22 @@ def noisy(p: pd.DataFrame) -> list[Finding]:
 
 
 def unsettled(p: pd.DataFrame) -> list[Finding]:
-    """Points whose warm-up ran to workload.warmup_max with TTFTs still moving (measure.settled)."""
+    """Points whose warm-up ran to workload.warmup_max with TTFTs still moving or kernels still
+    compiling (measure.settled)."""
     out = []
     ok = _ok(p, "warmup_settled", "warmup_calls")
     for _, row in _order(ok[ok["warmup_settled"] == False]).iterrows():  # noqa: E712
         numbers = _shape_numbers(row) | {"warmup_calls": _num(row, "warmup_calls", integer)}
         out.append(Finding("unsettled", f"{_shape(row)}: {_engine(row)}'s warm-up did not settle in "
-                                        f"{integer(row['warmup_calls'])} calls (the last {WARMUP_RUN} TTFTs still differed "
-                                        f"by more than {percent(WARMUP_SETTLED)} from their median): its TTFT may not be "
-                                        f"the steady state's.", numbers, {},
+                                        f"{integer(row['warmup_calls'])} calls (of the last {WARMUP_RUN}, a TTFT still differed "
+                                        f"by more than {percent(WARMUP_SETTLED)} from their median or a call compiled "
+                                        f"kernels): its TTFT may not be the steady state's.", numbers, {},
                            "warning"))
     return out
 
 
 def compiled(p: pd.DataFrame) -> list[Finding]:
-    """Points whose last measured call compiled kernels (vLLM's JIT monitor: jit_compiles)."""
+    """Points whose measured calls compiled kernels (jit_compiles: Backend.compiles)."""
     if "jit_compiles" not in p:  # no engine of the run counts them
         return []
     out = []
@@ -456,8 +457,9 @@ def compiled(p: pd.DataFrame) -> list[Finding]:
     for _, row in _order(ok[ok["jit_compiles"] > 0]).iterrows():
         numbers = _shape_numbers(row) | {"jit_compiles": _num(row, "jit_compiles", integer)}
         out.append(Finding("compiled", f"{_shape(row)}: {_engine(row)} compiled {integer(row['jit_compiles'])} "
-                                       f"Triton kernel(s) during its last measured call: its times include compiling "
-                                       f"(a new step shape the warm-up did not have).",
+                                       f"kernel(s) during its measured calls: its times include compiling "
+                                       f"(a new step shape the warm-up did not have; workload.warmup_max warms up "
+                                       f"until no call compiles).",
                            numbers, {}, "warning"))
     return out
 

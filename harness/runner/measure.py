@@ -29,6 +29,7 @@ LATENCY_COLUMNS: dict[str, pa.DataType] = {
     "tpot_ms_p50": pa.float64(), "tpot_ms_p90": pa.float64(), "tpot_ms_p99": pa.float64(),
     "decode_tok_s": pa.float64(), "e2e_ms": pa.float64(), "cv": pa.float64(),
     "warmup_calls": pa.int64(), "warmup_settled": pa.bool_(),  # settled: null unless workload.warmup_max
+    "jit_compiles": pa.int64(),  # inside the measured calls (Backend.compiles); null: the engine cannot tell
 }
 # The columns `agreement` fills.
 AGREEMENT_COLUMNS: dict[str, pa.DataType] = {
@@ -44,22 +45,38 @@ def _check(gen: Generation, batch: int, new_tokens: int, backend: Backend) -> No
                            f"({batch}, {new_tokens}) and {new_tokens - 1}")
 
 
-def settled(ttfts: list[float]) -> bool:
-    """Whether the last WARMUP_RUN TTFTs lie within WARMUP_SETTLED of their median."""
+def settled(ttfts: list[float], compiles: list[int | None]) -> bool:
+    """Whether the last WARMUP_RUN calls' TTFTs lie within WARMUP_SETTLED of their median and none of
+    them compiled a kernel (None: the engine cannot tell)."""
     last = np.array(ttfts[-WARMUP_RUN:], dtype=np.float64)
-    return len(last) == WARMUP_RUN and bool(np.all(np.abs(last / np.median(last) - 1) <= WARMUP_SETTLED))
+    return (len(last) == WARMUP_RUN and bool(np.all(np.abs(last / np.median(last) - 1) <= WARMUP_SETTLED))
+            and not any(compiles[-WARMUP_RUN:]))
+
+
+def compiled_since(backend: Backend, before: int | None) -> int | None:
+    """The engine's kernel compilations since `before` (its compiles() taken earlier); None: it cannot tell."""
+    after = backend.compiles()
+    return None if before is None or after is None else after - before
 
 
 def warm_up(backend: Backend, x: torch.Tensor, workload: Workload) -> tuple[int, bool | None]:
-    """`warmup` calls, then with `warmup_max` more until their TTFTs have settled. Returns the
-    number of calls and whether they settled (None without warmup_max: not looked at)."""
+    """`warmup` calls, then with `warmup_max` more until they have settled. Returns the number of
+    calls and whether they settled (None without warmup_max: not looked at)."""
     tokens = min(workload.new_tokens, workload.warmup_tokens)
-    ttfts = [backend.generate(x, tokens).ttft_ms for _ in range(workload.warmup)]
+    ttfts, compiles = [], []
+
+    def call():
+        before = backend.compiles()
+        ttfts.append(backend.generate(x, tokens).ttft_ms)
+        compiles.append(compiled_since(backend, before))
+
+    for _ in range(workload.warmup):
+        call()
     if not workload.warmup_max:
         return len(ttfts), None
-    while not settled(ttfts) and len(ttfts) < workload.warmup_max:
-        ttfts.append(backend.generate(x, tokens).ttft_ms)
-    return len(ttfts), settled(ttfts)
+    while not settled(ttfts, compiles) and len(ttfts) < workload.warmup_max:
+        call()
+    return len(ttfts), settled(ttfts, compiles)
 
 
 def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str, tel,
@@ -71,12 +88,14 @@ def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str
     phase("warmup")
     warmup_calls, warmup_settled = warm_up(backend, x, workload)
     phase("measure")
-    gens, e2e = [], []
+    gens, e2e, compiles = [], [], []
     with tel.point(point_id, profile=tel.profiles(point_id), categorize=backend.kernel_category) as pt:
         for _ in range(R):
+            before = backend.compiles()
             t0 = time.perf_counter()
             gen = backend.generate(x, N, phases=pt.phases)
             e2e.append((time.perf_counter() - t0) * 1e3)
+            compiles.append(compiled_since(backend, before))
             _check(gen, B, N, backend)
             gens.append(gen)
         engine_columns = backend.columns()  # of the last measured repeat, not of the profiled call
@@ -96,6 +115,7 @@ def measure(backend: Backend, spec: ModelSpec, workload: Workload, point_id: str
         "tpot_ms_p99": float(p99), "decode_tok_s": B * 1e3 / float(steps.mean()), "e2e_ms": float(np.mean(e2e)),
         "cv": float(per_repeat.std(ddof=1) / per_repeat.mean()) if R > 1 else None,
         "warmup_calls": warmup_calls, "warmup_settled": warmup_settled,
+        "jit_compiles": None if None in compiles else sum(compiles),
         **backend.memory(), **pt.columns(decode_tokens=R * B * (N - 1)), **engine_columns,
     }
     samples = [[r, s + 1, float(v)] for r in range(R) for s, v in enumerate(steps[r])]
