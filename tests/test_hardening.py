@@ -30,7 +30,7 @@ def _refused(sweep, *overrides) -> str:
 def test_unknown_keys_are_refused_by_name(sweep):
     msg = _refused(sweep, "backend=fault", "model=gpt-oss-tiny", "+workload.batchsize=2", "+backend.moe_pth=x")
     assert "workload.batchsize: unknown key; known: ['batch_size'," in msg
-    assert "backend.moe_pth: not an option of fault_backend.FaultBackend; options: ['does_not_fit', 'faults'," in msg
+    assert "backend.moe_pth: not an option of fault_backend.FaultBackend; options: ['compiles', 'does_not_fit', 'faults'," in msg
 
 
 def test_a_bad_checkpoint_shows_every_line_of_the_validator(sweep, checkpoint, tmp_path):
