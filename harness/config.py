@@ -22,10 +22,10 @@ BACKEND_KEYS = ("_target_", "name", "python", "quants")  # backend yaml keys tha
 MISSING = "???"  # OmegaConf's mark of a value the yaml must give
 
 # Warm-up has settled when the last WARMUP_RUN warm-up calls' TTFTs lie within WARMUP_SETTLED of their
-# median and none of them compiled a kernel (workload.warmup_max; harness.runner.measure.settled). A fixed count is not enough for every
-# engine: vLLM's prefill of batch 8 x 1k on the H200 took 1.39, 0.15, 1.31, 1.37 and 0.71 s on its
-# first five calls at that shape and 0.11-0.12 s from the sixth on (its own `bench latency`, LOG.md);
-# 10% passes that steady state's spread and no slow-fast step.
+# median and none of them compiled a kernel (workload.warmup_max; harness.runner.measure.settled). A
+# fixed count is not enough for every engine: vLLM's prefill of batch 8 x 1k on the H200 took 1.39,
+# 0.15, 1.31, 1.37 and 0.71 s on its first five calls at that shape and 0.11-0.12 s from the sixth on
+# (its own `bench latency`, LOG.md); 10% passes that steady state's spread and no slow-fast step.
 WARMUP_RUN, WARMUP_SETTLED = 3, 0.10
 
 
@@ -50,7 +50,8 @@ class Workload:
     timeout_s: float = _key("a point's limit: warm-up, measurement, profile, agreement", per_point=True)
     load_timeout_s: float = _key("a worker's limit to load the model")
     warmup_max: int = _key(f"0: exactly `warmup` warm-up calls; more: they go on, up to this many, until the "
-                           f"last {WARMUP_RUN} TTFTs lie within {WARMUP_SETTLED:.0%} of their median and compiled nothing",
+                           f"last {WARMUP_RUN} TTFTs lie within {WARMUP_SETTLED:.0%} of their median and "
+                           f"compiled nothing",
                            per_point=True, default=0)
 
     def problems(self) -> list[str]:

@@ -441,9 +441,9 @@ def unsettled(p: pd.DataFrame) -> list[Finding]:
     for _, row in _order(ok[ok["warmup_settled"] == False]).iterrows():  # noqa: E712
         numbers = _shape_numbers(row) | {"warmup_calls": _num(row, "warmup_calls", integer)}
         out.append(Finding("unsettled", f"{_shape(row)}: {_engine(row)}'s warm-up did not settle in "
-                                        f"{integer(row['warmup_calls'])} calls (of the last {WARMUP_RUN}, a TTFT still differed "
-                                        f"by more than {percent(WARMUP_SETTLED)} from their median or a call compiled "
-                                        f"kernels): its TTFT may not be the steady state's.", numbers, {},
+                                        f"{integer(row['warmup_calls'])} calls (of the last {WARMUP_RUN}, a TTFT "
+                                        f"still differed by more than {percent(WARMUP_SETTLED)} from their median or a "
+                                        f"call compiled kernels): its TTFT may not be the steady state's.", numbers, {},
                            "warning"))
     return out
 
